@@ -1,0 +1,14 @@
+//! Emulated devices of a popek VM.
+//!
+//! Devices see only narrow traits: register-level `read`/`write` through a [`bus::Bus`], an
+//! interrupt line ([`interrupt::IrqLine`]), a message sink for MSIs ([`interrupt::MsiSink`]),
+//! a [`clock::Clock`] and a [`clock::Timer`]. No device knows which CPU engine runs the guest.
+
+pub mod bus;
+pub mod clock;
+pub mod interrupt;
+pub mod legacy;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+
+pub use bus::{Bus, BusDevice, BusError};

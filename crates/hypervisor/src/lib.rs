@@ -1,0 +1,156 @@
+//! The CPU engines of popek behind one set of traits.
+//!
+//! A [`Hypervisor`] creates a [`Vm`]; a [`Vm`] owns guest-physical memory mappings and creates
+//! [`Vcpu`]s; a [`Vcpu`] runs guest code until something needs the VMM, which it reports as a
+//! backend-neutral [`VmExit`]. Port and MMIO accesses never leave the backend as exits: they are
+//! handed to the [`VmOps`] callback given at VM creation, the way Cloud Hypervisor's `VmOps` works.
+//!
+//! This crate knows nothing of devices or of the API: it only moves bytes between the guest and
+//! the callback.
+
+mod cpu;
+mod exit;
+pub mod kvm;
+
+pub use cpu::{
+    CPUID_FLAG_SIGNIFICANT_INDEX, CpuMode, CpuidEntry, FpuState, MsrEntry, SegmentRegister, SpecialRegisters,
+    StandardRegisters, TableRegister,
+};
+pub use exit::{EmulationFailure, VmExit};
+
+use std::sync::Arc;
+
+/// Errors of the CPU engines.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// `/dev/kvm` does not exist.
+    #[error(
+        "/dev/kvm does not exist: this host offers no KVM (load the kvm module, or enable \
+         virtualization in the firmware)"
+    )]
+    KvmMissing,
+    /// `/dev/kvm` exists but the user may not open it.
+    #[error("/dev/kvm is not accessible to this user: add the user to the 'kvm' group or run as root")]
+    KvmPermission,
+    /// `/dev/kvm` could not be opened for another reason.
+    #[error("Cannot open /dev/kvm")]
+    KvmOpen(#[source] std::io::Error),
+    /// The kernel's KVM API is not the stable version 12.
+    #[error("KVM API version {0} is not supported (popek needs version 12)")]
+    KvmApiVersion(i32),
+    /// The kernel lacks a KVM capability popek needs.
+    #[error("KVM lacks the {0} capability, which popek needs")]
+    MissingCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed")]
+    Ioctl {
+        /// The operation that failed.
+        op: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest asked for more vCPUs than the engine supports.
+    #[error("{requested} vCPUs requested, but this host's KVM supports at most {max}")]
+    TooManyVcpus {
+        /// vCPUs asked for.
+        requested: u32,
+        /// The engine's limit.
+        max: u32,
+    },
+}
+
+/// Result of the CPU engines.
+pub type Result<T> = std::result::Result<T, HypervisorError>;
+
+/// The callback through which a running vCPU hands port and MMIO accesses to the VMM.
+pub trait VmOps: Send + Sync {
+    /// The guest reads `data.len()` bytes from I/O `port`.
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    /// The guest writes `data` to I/O `port`.
+    fn pio_write(&self, port: u16, data: &[u8]);
+    /// The guest reads `data.len()` bytes at guest-physical `addr`, which no RAM backs.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// The guest writes `data` at guest-physical `addr`, which no RAM backs.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// A region of host memory that backs guest RAM.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRegion {
+    /// Guest-physical start.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Host virtual address of the first byte.
+    pub host_addr: u64,
+}
+
+/// A CPU engine.
+pub trait Hypervisor: Send + Sync {
+    /// A short name for reports ("kvm").
+    fn name(&self) -> &'static str;
+    /// The largest number of vCPUs a VM may have.
+    fn max_vcpus(&self) -> u32;
+    /// The CPUID leaves the engine can present to a guest, before any policy.
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+    /// Creates a VM whose vCPUs hand port and MMIO accesses to `ops`.
+    fn create_vm(&self, ops: Arc<dyn VmOps>) -> Result<Arc<dyn Vm>>;
+}
+
+/// A virtual machine: guest memory and vCPUs, plus interrupt delivery into the local APICs.
+pub trait Vm: Send + Sync {
+    /// Makes `region` guest RAM.
+    ///
+    /// # Safety
+    /// The host range `[host_addr, host_addr + size)` must be mapped, readable and writable, and
+    /// stay so for as long as the VM exists.
+    unsafe fn map_memory(&self, slot: u32, region: MemoryRegion) -> Result<()>;
+    /// Creates vCPU `id` (its initial APIC ID). vCPU 0 is the bootstrap processor.
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
+    /// Delivers a message-signalled interrupt produced by interrupt source `gsi` (an IOAPIC pin).
+    /// The engine keeps `gsi`'s route so that the end of a level-triggered interrupt comes back as
+    /// [`VmExit::IoapicEoi`].
+    fn signal_msi(&self, gsi: u32, address: u64, data: u32) -> Result<()>;
+}
+
+/// A virtual CPU. It is created on the VMM's thread and then moved to its own thread.
+pub trait Vcpu: Send {
+    /// Runs guest code until an exit that the VMM must see.
+    fn run(&mut self) -> Result<VmExit>;
+    /// General-purpose registers.
+    fn regs(&self) -> Result<StandardRegisters>;
+    /// Sets the general-purpose registers.
+    fn set_regs(&mut self, regs: &StandardRegisters) -> Result<()>;
+    /// Segment, control and descriptor-table registers.
+    fn sregs(&self) -> Result<SpecialRegisters>;
+    /// Sets segment, control and descriptor-table registers.
+    fn set_sregs(&mut self, sregs: &SpecialRegisters) -> Result<()>;
+    /// Sets the x87/SSE state.
+    fn set_fpu(&mut self, fpu: &FpuState) -> Result<()>;
+    /// Writes model-specific registers.
+    fn set_msrs(&mut self, msrs: &[MsrEntry]) -> Result<()>;
+    /// Sets the CPUID the guest sees.
+    fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()>;
+    /// Wires the local APIC's LINT0 to the 8259 PIC (ExtINT) and LINT1 to NMI, as firmware does.
+    fn setup_local_apic(&mut self) -> Result<()>;
+    /// Presents an external (8259 PIC) interrupt with `vector`. Call only when
+    /// [`Vcpu::interrupt_window_open`] is true.
+    fn inject_external_interrupt(&mut self, vector: u8) -> Result<()>;
+    /// Asks the engine to exit with [`VmExit::InterruptWindow`] as soon as the guest can take an
+    /// external interrupt.
+    fn request_interrupt_window(&mut self, on: bool);
+    /// True when the guest can take an external interrupt now.
+    fn interrupt_window_open(&mut self) -> bool;
+    /// A handle that other threads use to make [`Vcpu::run`] return [`VmExit::Interrupted`].
+    fn kicker(&self) -> Arc<dyn VcpuKicker>;
+}
+
+/// Makes a vCPU leave guest mode from another thread.
+pub trait VcpuKicker: Send + Sync {
+    /// Binds the kicker to the calling thread: call once on the vCPU's own thread before its
+    /// first [`Vcpu::run`].
+    fn bind_current_thread(&self);
+    /// Makes the vCPU's current or next [`Vcpu::run`] return [`VmExit::Interrupted`].
+    fn kick(&self);
+}

@@ -1,0 +1,138 @@
+//! `popek`: run virtual machines from the command line.
+//!
+//! The binary is glue: it parses flags into a [`vmm::VmRequest`], validates it, hands it to
+//! [`vmm::run`] and turns the outcome into an exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vmm::{SerialConfig, VmOutcome, VmRequest};
+
+/// Kernel command line when none is given: the console on COM1, reboot through the keyboard
+/// controller, and a panic that resets the machine rather than hanging it.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Exit status for errors in what the user gave (flags, files) or in the host's setup.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "popek", version, about = "Run virtual machines with KVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM with its serial console on this terminal.
+    Run(RunArgs),
+    /// Manage the default Linux guest.
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel to boot: an ELF (vmlinux, with or without a PVH entry) or a bzImage. Without it,
+    /// popek boots its default Linux guest, assembling it on first use.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M")]
+    memory: String,
+    /// Serial console: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_parser = parse_serial)]
+    serial: SerialConfig,
+    /// Hide a CPU feature from the guest (repeatable), e.g. --hide-cpu-feature xsave.
+    #[arg(long = "hide-cpu-feature", value_name = "NAME")]
+    hide_cpu_features: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Assemble the default guest from Debian's packages (if not cached) and print where it is.
+    Build,
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    s.parse().map_err(|e: vmm::ConfigError| e.to_string())
+}
+
+fn progress(step: &str) {
+    eprintln!("popek: {step}");
+}
+
+/// What `popek run` boots when no kernel is given.
+fn default_guest(args: &mut RunArgs) -> anyhow::Result<()> {
+    let guest = guest_image::ensure_default_guest(&mut progress)
+        .context("Cannot assemble the default guest")?;
+    args.kernel = Some(guest.vmlinux);
+    if args.initrd.is_none() {
+        args.initrd = Some(guest.initramfs);
+    }
+    Ok(())
+}
+
+fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
+    if args.kernel.is_none() {
+        default_guest(&mut args)?;
+    }
+    let request = VmRequest {
+        kernel: args.kernel.unwrap_or_default(),
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory: args.memory,
+        serial: args.serial,
+        hide_cpu_features: args.hide_cpu_features,
+    };
+    let host_ram = vmm::config::host_ram().context("Cannot read the host's RAM size")?;
+    let config = request.validate(host_ram)?;
+    Ok(vmm::run(&config)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(outcome) => {
+                match &outcome {
+                    VmOutcome::EmulationFailure { .. } | VmOutcome::Failed(_) | VmOutcome::Quit => {
+                        eprintln!("popek: {outcome}");
+                    }
+                    _ => {}
+                }
+                ExitCode::from(outcome.exit_status() as u8)
+            }
+            Err(e) => {
+                eprintln!("popek: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Image { action: ImageAction::Build } => {
+            match guest_image::ensure_default_guest(&mut progress) {
+                Ok(guest) => {
+                    println!("{}", guest.dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("popek: cannot assemble the default guest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

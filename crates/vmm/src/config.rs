@@ -1,0 +1,274 @@
+//! A VM's configuration, valid by construction.
+//!
+//! The CLI (or, later, the API) parses what the user typed into a [`VmConfig`] through
+//! [`VmConfig::validate`], which checks everything that can be checked before a VM exists.
+
+use std::path::PathBuf;
+
+use arch::cpuid::{CpuFeature, CpuidError};
+use arch::layout::MIN_MEMORY;
+
+/// Errors of configuration: each names what was wrong and how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("Invalid size '{0}': use a number with an optional K, M, G or T suffix, like 512M or 2G")]
+    BadSize(String),
+    /// Less memory than a guest can boot in.
+    #[error("--memory {given} is too small: a VM needs at least {min} MiB")]
+    MemoryTooSmall {
+        /// What the user gave.
+        given: String,
+        /// The minimum in MiB.
+        min: u64,
+    },
+    /// More memory than the host has.
+    #[error("--memory {given} exceeds host RAM ({host})")]
+    MemoryExceedsHost {
+        /// What the user gave.
+        given: String,
+        /// The host's RAM, human-readable.
+        host: String,
+    },
+    /// Zero vCPUs.
+    #[error("--cpus 0: a VM needs at least one CPU")]
+    NoCpus,
+    /// More vCPUs than popek supports.
+    #[error("--cpus {given} is too many: popek supports at most {max} CPUs per VM")]
+    TooManyCpus {
+        /// What the user gave.
+        given: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A malformed `--serial` value.
+    #[error("Invalid --serial '{0}': use stdio, file:PATH or none")]
+    BadSerial(String),
+    /// A kernel or initrd path that does not exist.
+    #[error("{what} {path} does not exist")]
+    MissingFile {
+        /// "Kernel" or "Initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// An unknown CPU feature name.
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+}
+
+/// Most vCPUs a VM may have: APIC IDs are 8 bits in the MADT popek writes, and 255 is broadcast.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Where the guest's COM1 goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The terminal: output to stdout, input from stdin (raw mode when stdin is a terminal).
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl std::str::FromStr for SerialConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(SerialConfig::Stdio),
+            "none" => Ok(SerialConfig::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
+                _ => Err(ConfigError::BadSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+/// Parses `512M`, `2G`, `1048576`, `64K`, `1T` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// Formats a byte count for messages: "24 GiB", "512 MiB".
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if bytes >= 1 << shift {
+            let v = bytes as f64 / (1u64 << shift) as f64;
+            return if v.fract() < 0.05 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") };
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// What the user asked for, before validation.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub cpus: u32,
+    /// Memory size as typed ("512M").
+    pub memory: String,
+    /// Serial console.
+    pub serial: SerialConfig,
+    /// CPU features to hide, by name.
+    pub hide_cpu_features: Vec<String>,
+}
+
+/// A validated VM configuration.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image (exists).
+    pub kernel: PathBuf,
+    /// Initial ramdisk (exists).
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count, 1..=[`MAX_VCPUS`].
+    pub cpus: u32,
+    /// Memory in bytes, at least the minimum and at most the host's RAM.
+    pub memory: u64,
+    /// Serial console.
+    pub serial: SerialConfig,
+    /// CPU features hidden from the guest.
+    pub hidden_features: Vec<CpuFeature>,
+}
+
+impl VmRequest {
+    /// Checks the request against popek's limits and the host's RAM (`host_ram` bytes).
+    pub fn validate(self, host_ram: u64) -> Result<VmConfig, ConfigError> {
+        let memory = parse_size(&self.memory)?;
+        if memory < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall { given: self.memory, min: MIN_MEMORY >> 20 });
+        }
+        if memory > host_ram {
+            return Err(ConfigError::MemoryExceedsHost {
+                given: self.memory,
+                host: format_size(host_ram),
+            });
+        }
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if self.cpus > MAX_VCPUS {
+            return Err(ConfigError::TooManyCpus { given: self.cpus, max: MAX_VCPUS });
+        }
+        if !self.kernel.exists() {
+            return Err(ConfigError::MissingFile { what: "Kernel", path: self.kernel });
+        }
+        if let Some(initrd) = &self.initrd
+            && !initrd.exists()
+        {
+            return Err(ConfigError::MissingFile { what: "Initrd", path: initrd.clone() });
+        }
+        let hidden_features = self
+            .hide_cpu_features
+            .iter()
+            .map(|name| CpuFeature::by_name(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            cpus: self.cpus,
+            memory,
+            serial: self.serial,
+            hidden_features,
+        })
+    }
+}
+
+/// The host's RAM in bytes, from `/proc/meminfo`.
+pub fn host_ram() -> std::io::Result<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("/proc/meminfo has no MemTotal line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> VmRequest {
+        VmRequest {
+            kernel: PathBuf::from("/proc/self/exe"),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: "512M".into(),
+            serial: SerialConfig::None,
+            hide_cpu_features: vec![],
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for bad in ["", "G", "12Q", "-1G", "1.5G", "99999999999T"] {
+            assert_eq!(parse_size(bad), Err(ConfigError::BadSize(bad.into())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_beyond_host_ram_is_refused_with_both_sizes() {
+        let r = VmRequest { memory: "3T".into(), ..request() };
+        let err = r.validate(24 << 30).unwrap_err();
+        assert_eq!(err.to_string(), "--memory 3T exceeds host RAM (24 GiB)");
+    }
+
+    #[test]
+    fn cpu_counts_outside_the_supported_range_are_refused() {
+        let err = VmRequest { cpus: 0, ..request() }.validate(1 << 40).unwrap_err();
+        assert_eq!(err, ConfigError::NoCpus);
+        let err = VmRequest { cpus: 300, ..request() }.validate(1 << 40).unwrap_err();
+        assert_eq!(err.to_string(), "--cpus 300 is too many: popek supports at most 254 CPUs per VM");
+    }
+
+    #[test]
+    fn serial_values_parse_or_are_refused() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("file:/tmp/x".parse(), Ok(SerialConfig::File("/tmp/x".into())));
+        assert_eq!("none".parse(), Ok(SerialConfig::None));
+        assert!("file:".parse::<SerialConfig>().is_err());
+        assert!("tcp:1234".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn missing_kernel_is_named() {
+        let err = VmRequest { kernel: "/no/such/kernel".into(), ..request() }
+            .validate(1 << 40)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "Kernel /no/such/kernel does not exist");
+    }
+}

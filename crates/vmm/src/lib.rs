@@ -1,0 +1,16 @@
+//! The popek virtual machine monitor: builds one VM from its [`VmConfig`] and runs it.
+//!
+//! [`run`] turns a validated configuration into live objects (guest memory, devices on their
+//! buses, a VM in the CPU engine, one thread per vCPU), then waits in an event loop for the VM's
+//! end, firing device timers and feeding console input meanwhile.
+
+pub mod config;
+pub mod control;
+pub mod platform;
+pub mod terminal;
+pub mod vcpu;
+mod vm;
+
+pub use config::{ConfigError, SerialConfig, VmConfig, VmRequest};
+pub use control::VmOutcome;
+pub use vm::{VmmError, run};

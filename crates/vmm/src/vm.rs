@@ -1,0 +1,235 @@
+//! Building a VM from its configuration, and running it to its end.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arch::boot::{BootSource, BootEntry};
+use arch::cpu::{boot_msrs, setup_boot_cpu};
+use arch::cpuid::CpuidPolicy;
+use arch::layout::MemoryLayout;
+use arch::GuestMemoryMmap;
+use hypervisor::kvm::KvmHypervisor;
+use hypervisor::{Hypervisor, MemoryRegion, Vcpu};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::config::{SerialConfig, VmConfig};
+use crate::control::{Control, VmOutcome};
+use crate::platform::Platform;
+use crate::terminal::{self, EscapeFilter, Input};
+use crate::vcpu::{VcpuHandle, VcpuRunner};
+
+/// Errors of building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The CPU engine failed.
+    #[error(transparent)]
+    Hypervisor(#[from] hypervisor::HypervisorError),
+    /// Guest memory could not be allocated.
+    #[error("Cannot allocate {0} of guest memory")]
+    Memory(String),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] arch::boot::BootError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] arch::acpi::AcpiError),
+    /// The boot CPU's tables could not be written.
+    #[error(transparent)]
+    CpuSetup(#[from] arch::cpu::CpuSetupError),
+    /// Device setup failed.
+    #[error(transparent)]
+    Platform(#[from] crate::platform::PlatformError),
+    /// The serial output file could not be opened.
+    #[error("Cannot open serial output file {path}")]
+    SerialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host resource (thread, epoll, eventfd) could not be created.
+    #[error("Cannot create {what}")]
+    Host {
+        /// What could not be created.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Host { what, source }
+}
+
+/// Event-loop tokens.
+const TOKEN_EXIT: u64 = 0;
+const TOKEN_PIT: u64 = 1;
+const TOKEN_STDIN: u64 = 2;
+
+/// Builds the VM described by `config`, runs it, and returns why it ended.
+pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
+    let hypervisor = KvmHypervisor::new()?;
+    if config.cpus > hypervisor.max_vcpus() {
+        return Err(hypervisor::HypervisorError::TooManyVcpus {
+            requested: config.cpus,
+            max: hypervisor.max_vcpus(),
+        }
+        .into());
+    }
+    let layout = MemoryLayout::new(config.memory);
+    let mem = GuestMemoryMmap::from_ranges(&layout.ram_regions())
+        .map_err(|e| VmmError::Memory(format!("{} ({e})", crate::config::format_size(config.memory))))?;
+
+    let control = Arc::new(Control::new().map_err(host("an eventfd"))?);
+    let serial_out: Box<dyn Write + Send> = match &config.serial {
+        SerialConfig::Stdio => Box::new(std::io::stdout()),
+        SerialConfig::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmmError::SerialFile { path: path.clone(), source })?,
+        ),
+        SerialConfig::None => Box::new(std::io::sink()),
+    };
+    let platform = Platform::new(control.clone(), serial_out, (layout.below_4g(), layout.above_4g()))?;
+    let vm = hypervisor.create_vm(platform.buses.clone())?;
+    platform.msi.connect(vm.clone(), control.clone());
+    for (slot, region) in mem.iter().enumerate() {
+        let r = MemoryRegion {
+            guest_addr: region.start_addr().0,
+            size: region.len(),
+            host_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is mmap'ed by `mem`, which lives until this function returns, after
+        // every vCPU thread has been joined and the VM is no longer run.
+        unsafe { vm.map_memory(slot as u32, r) }?;
+    }
+
+    let rsdp = arch::acpi::write_tables(&mem, &Platform::acpi(config.cpus))?;
+    let source = BootSource {
+        kernel: &config.kernel,
+        initrd: config.initrd.as_deref(),
+        cmdline: &config.cmdline,
+    };
+    let entry = arch::boot::load(&mem, &layout, &source, rsdp)?;
+
+    let supported = hypervisor.supported_cpuid()?;
+    let policy = CpuidPolicy { vcpus: config.cpus, hidden: config.hidden_features.clone() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut runners = Vec::with_capacity(config.cpus as usize);
+    for id in 0..config.cpus {
+        let mut vcpu = vm.create_vcpu(id)?;
+        vcpu.set_cpuid(&policy.for_vcpu(&supported, id))?;
+        vcpu.set_msrs(&boot_msrs())?;
+        vcpu.setup_local_apic()?;
+        if id == 0 {
+            setup_bsp(&mem, entry, vcpu.as_mut())?;
+        }
+        runners.push(VcpuRunner {
+            id,
+            vcpu,
+            pic: (id == 0).then(|| platform.pic.clone()),
+            ioapic: platform.ioapic.clone(),
+            control: control.clone(),
+            stop: stop.clone(),
+        });
+    }
+
+    let stdin_console = config.serial == SerialConfig::Stdio;
+    let raw = stdin_console && terminal::enter_raw_mode();
+    let mut handles: Vec<VcpuHandle> = Vec::new();
+    let mut threads = Vec::new();
+    for runner in runners {
+        let handle = runner.handle();
+        if runner.id == 0 {
+            platform.doorbell.connect(handle.clone());
+        }
+        threads.push(runner.spawn(handle.clone()).map_err(host("a vCPU thread"))?);
+        handles.push(handle);
+    }
+
+    let outcome = event_loop(&platform, &control, stdin_console);
+    stop.store(true, Ordering::SeqCst);
+    for h in &handles {
+        h.kick();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if raw {
+        terminal::restore();
+    }
+    // The guest memory must outlive the vCPUs, which are joined above.
+    drop(mem);
+    outcome
+}
+
+fn setup_bsp(mem: &GuestMemoryMmap, entry: BootEntry, vcpu: &mut dyn Vcpu) -> Result<(), VmmError> {
+    let state = setup_boot_cpu(mem, entry, vcpu.sregs()?)?;
+    vcpu.set_sregs(&state.sregs)?;
+    vcpu.set_regs(&state.regs)?;
+    vcpu.set_fpu(&state.fpu)?;
+    Ok(())
+}
+
+/// Waits for the VM's end, firing the PIT's timer and feeding console input meanwhile.
+fn event_loop(platform: &Platform, control: &Control, stdin_console: bool) -> Result<VmOutcome, VmmError> {
+    let epoll = Epoll::new().map_err(host("an epoll instance"))?;
+    let add = |fd: i32, token: u64| {
+        epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .map_err(host("an epoll registration"))
+    };
+    add(control.event().as_raw_fd(), TOKEN_EXIT)?;
+    add(platform.pit_timer.raw_fd(), TOKEN_PIT)?;
+    let mut stdin_open = stdin_console && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+    let mut filter = EscapeFilter::default();
+    let mut events = vec![EpollEvent::default(); 4];
+    loop {
+        if let Some(outcome) = control.outcome() {
+            return Ok(outcome);
+        }
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(host("an epoll wait")(e)),
+        };
+        for event in &events[..n] {
+            match event.data() {
+                TOKEN_PIT => {
+                    if platform.pit_timer.acknowledge() {
+                        platform.pit.lock().unwrap_or_else(|p| p.into_inner()).expire();
+                    }
+                }
+                TOKEN_STDIN if stdin_open => {
+                    let mut buf = [0u8; 256];
+                    match terminal::read_stdin(&mut buf) {
+                        // End of input: stop watching stdin; the guest keeps running.
+                        Ok(0) | Err(_) => {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                            stdin_open = false;
+                        }
+                        Ok(k) => match filter.filter(&buf[..k]) {
+                            Input::Quit => control.finish(VmOutcome::Quit),
+                            Input::Guest(bytes) => {
+                                platform.serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(&bytes);
+                            }
+                        },
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
