@@ -8,7 +8,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use rt::{idt, println};
+use rt::{idt, say};
 
 rt::entry!(main);
 
@@ -17,7 +17,7 @@ static HANDLED: AtomicBool = AtomicBool::new(false);
 fn breakpoint(_: &mut idt::Frame) {
     // #BP is a trap: the saved rip is already past the int3, so returning resumes after it.
     HANDLED.store(true, Ordering::SeqCst);
-    println!("int3: breakpoint handled");
+    say!("int3: breakpoint handled");
 }
 
 fn main(_: &rt::BootInfo) -> u8 {
@@ -28,7 +28,7 @@ fn main(_: &rt::BootInfo) -> u8 {
     if HANDLED.load(Ordering::SeqCst) {
         0
     } else {
-        println!("int3: breakpoint not delivered");
+        say!("int3: breakpoint not delivered");
         1
     }
 }

@@ -9,7 +9,8 @@
 
 use core::arch::asm;
 
-use rt::{E820_RAM, Global, gdt, idt, println};
+use rt::serial::Hex;
+use rt::{E820_RAM, Global, gdt, idt, say};
 
 rt::entry!(main);
 
@@ -101,7 +102,7 @@ fn main(boot: &rt::BootInfo) -> u8 {
 
     // SAFETY: the BSP is the only CPU, and the CPL-3 code runs only after this setup.
     let job = unsafe { &mut *JOB.get() };
-    let mut ram_ranges = 0;
+    let mut ram_ranges = 0u32;
     let mut pages = 0u64;
     let mut highest = 0u64;
     let limit = MAX_GIB as u64 * GIB;
@@ -125,7 +126,7 @@ fn main(boot: &rt::BootInfo) -> u8 {
         add(start.max(image_end), end, job);
     }
     if boot.e820.iter().any(|e| e.kind == E820_RAM && e.addr + e.size > limit) {
-        println!("memory: RAM above {} GiB is not tested", MAX_GIB);
+        say!("memory: RAM above ", MAX_GIB, " GiB is not tested");
     }
 
     // Identity map [0, max(4 GiB, top of RAM)) with user-accessible 2 MiB pages.
@@ -155,20 +156,15 @@ fn main(boot: &rt::BootInfo) -> u8 {
     // SAFETY: `user_main` ends with `user_return`; everything it touches is mapped for CPL 3.
     let status = unsafe { gdt::enter_user(user_main, JOB.get() as u64, stack_top) };
     if status != 0 {
-        println!(
-            "memory: mismatch at {:#x}: read {:#x}, expected {:#x}",
-            job.bad_address,
-            job.bad_value,
-            pattern(job.bad_address)
+        say!(
+            "memory: mismatch at ", Hex(job.bad_address), ": read ", Hex(job.bad_value),
+            ", expected ", Hex(pattern(job.bad_address))
         );
         return 1;
     }
-    println!(
-        "memory: verified {} pages ({} MiB) in {} ranges, highest address {:#x}",
-        pages,
-        pages * PAGE >> 20,
-        ram_ranges,
-        highest
+    say!(
+        "memory: verified ", pages, " pages (", pages * PAGE >> 20, " MiB) in ", ram_ranges,
+        " ranges, highest address ", Hex(highest)
     );
     0
 }

@@ -4,17 +4,17 @@
 #![no_std]
 #![no_main]
 
-use rt::{pit, port, println};
+use rt::{pit, port, say};
 
 rt::entry!(main);
 
 fn main(_: &rt::BootInfo) -> u8 {
-    println!("reset: pulsing the i8042 reset line");
+    say!("reset: pulsing the i8042 reset line");
     port::outb(0x64, 0xfe);
     // Give a VMM that handles the reset asynchronously (QEMU) time to act on it.
     for _ in 0..2 {
         pit::delay_us(50_000);
     }
-    println!("reset: still running");
+    say!("reset: still running");
     1
 }

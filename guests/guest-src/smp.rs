@@ -7,7 +7,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use rt::acpi::{Madt, MadtEntry};
-use rt::{pit, println, smp};
+use rt::{pit, say, smp};
 
 rt::entry!(main);
 
@@ -20,7 +20,7 @@ fn ap_main() -> ! {
 
 fn main(boot: &rt::BootInfo) -> u8 {
     let Some(madt) = boot.rsdp.and_then(Madt::find) else {
-        println!("smp: no MADT found");
+        say!("smp: no MADT found");
         return 1;
     };
     let mut ids = [0u8; rt::boot::MAX_APS + 1];
@@ -46,6 +46,6 @@ fn main(boot: &rt::BootInfo) -> u8 {
         pit::delay_us(10_000);
     }
     let checked_in = 1 + CHECKED_IN.load(Ordering::SeqCst);
-    println!("smp: {} of {} CPUs checked in", checked_in, cpus);
+    say!("smp: ", checked_in, " of ", cpus, " CPUs checked in");
     if checked_in == cpus { 0 } else { 1 }
 }

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use rt::acpi::Madt;
 use rt::apic::{self, IoApic, reg};
-use rt::{idt, pit, println};
+use rt::{idt, pit, say};
 
 rt::entry!(main);
 
@@ -86,6 +86,6 @@ fn main(boot: &rt::BootInfo) -> u8 {
     }
 
     let (p, l) = (PIT_TICKS.load(Ordering::Relaxed), LAPIC_TICKS.load(Ordering::Relaxed));
-    println!("timer: {} pit ticks, {} lapic ticks", p, l);
+    say!("timer: ", p, " pit ticks, ", l, " lapic ticks");
     if p >= WANTED && l >= WANTED { 0 } else { 1 }
 }

@@ -1,1 +1,47 @@
-fn main() {}
+//! Project automation: `cargo xtask <task>`.
+//!
+//! - `guest`: assemble the default Linux guest (cached in the user cache directory).
+//! - `test`: prepare the host (Debian packages, the default guest), then run the whole suite.
+//! - `bench <name>`: run a benchmark under popek and under its peer, and print the ratio.
+
+mod bench;
+mod host;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <guest | test [cargo test args...] | bench <startup>>";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("guest") => {
+            host::ensure_apt_lists()?;
+            let guest = host::default_guest()?;
+            println!("{}", guest.dir.display());
+            Ok(())
+        }
+        Some("test") => test(&args[1..]),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("startup") => bench::startup::run(),
+            Some(other) => bail!("unknown benchmark '{other}'\n{USAGE}"),
+            None => bail!("which benchmark?\n{USAGE}"),
+        },
+        Some(other) => bail!("unknown task '{other}'\n{USAGE}"),
+        None => bail!("{USAGE}"),
+    }
+}
+
+/// The README's test command: everything the suite needs, then the suite.
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    host::ensure_apt_lists()?;
+    host::default_guest()?;
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .args(extra)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}

@@ -3,8 +3,8 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml;
-use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::facs::FACS;
+use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -143,11 +143,27 @@ fn fadt(p: &AcpiPlatform, dsdt: u64, facs: u64) -> Vec<u8> {
     f.pm1a_cnt_blk = u32::from(p.pm1a_cnt).into();
     f.pm1_evt_len = 4;
     f.pm1_cnt_len = 2;
-    f.x_pm1a_evt_blk =
-        GAS::new(AddressSpace::SystemIo, 32, 0, AccessSize::WordAccess, p.pm1a_evt.into());
-    f.x_pm1a_cnt_blk =
-        GAS::new(AddressSpace::SystemIo, 16, 0, AccessSize::WordAccess, p.pm1a_cnt.into());
-    f.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, p.reset_port.into());
+    f.x_pm1a_evt_blk = GAS::new(
+        AddressSpace::SystemIo,
+        32,
+        0,
+        AccessSize::WordAccess,
+        p.pm1a_evt.into(),
+    );
+    f.x_pm1a_cnt_blk = GAS::new(
+        AddressSpace::SystemIo,
+        16,
+        0,
+        AccessSize::WordAccess,
+        p.pm1a_cnt.into(),
+    );
+    f.reset_reg = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        p.reset_port.into(),
+    );
     f.reset_value = p.reset_value;
     // Legacy devices and an i8042 are present; there is no VGA, and no CMOS RTC alarm century.
     f.iapc_boot_arch = 0b111u16.into();
@@ -171,7 +187,8 @@ pub fn write_tables(mem: &GuestMemoryMmap, p: &AcpiPlatform) -> Result<GuestAddr
         if end > BIOS_END {
             return Err(AcpiError::TooLarge(end - ACPI_TABLES));
         }
-        mem.write_slice(bytes, GuestAddress(addr)).map_err(AcpiError::Write)?;
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(AcpiError::Write)?;
         next = align64(end);
         Ok(addr)
     };
@@ -189,7 +206,8 @@ pub fn write_tables(mem: &GuestMemoryMmap, p: &AcpiPlatform) -> Result<GuestAddr
     let xsdt_addr = place(&xsdt_bytes)?;
     let mut rsdp = Vec::new();
     Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
-    mem.write_slice(&rsdp, GuestAddress(rsdp_addr)).map_err(AcpiError::Write)?;
+    mem.write_slice(&rsdp, GuestAddress(rsdp_addr))
+        .map_err(AcpiError::Write)?;
     Ok(GuestAddress(rsdp_addr))
 }
 
@@ -237,7 +255,10 @@ mod tests {
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let sigs: Vec<Vec<u8>> = entries.iter().map(|&a| read_table(&mem, a)[..4].to_vec()).collect();
+        let sigs: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|&a| read_table(&mem, a)[..4].to_vec())
+            .collect();
         assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
         let madt = read_table(&mem, entries[1]);
         assert!(checksum_ok(&madt));
@@ -264,6 +285,9 @@ mod tests {
     #[test]
     fn more_than_255_cpus_are_refused() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        assert!(matches!(write_tables(&mem, &platform(300)), Err(AcpiError::TooManyCpus(300))));
+        assert!(matches!(
+            write_tables(&mem, &platform(300)),
+            Err(AcpiError::TooManyCpus(300))
+        ));
     }
 }

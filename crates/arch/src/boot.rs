@@ -51,7 +51,9 @@ pub enum BootError {
         reason: String,
     },
     /// The initrd does not fit in RAM above the kernel.
-    #[error("Initrd {path} ({size} bytes) does not fit in guest RAM above the kernel; give the VM more memory")]
+    #[error(
+        "Initrd {path} ({size} bytes) does not fit in guest RAM above the kernel; give the VM more memory"
+    )]
     InitrdTooLarge {
         /// The initrd.
         path: PathBuf,
@@ -106,7 +108,9 @@ pub fn load(
     let mut kernel = File::open(source.kernel).map_err(read_err(source.kernel))?;
     let mut head = [0u8; 0x210];
     let n = read_up_to(&mut kernel, &mut head).map_err(read_err(source.kernel))?;
-    kernel.seek(SeekFrom::Start(0)).map_err(read_err(source.kernel))?;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(read_err(source.kernel))?;
     let load_err = |e: linux_loader::loader::Error| BootError::Load {
         path: source.kernel.to_path_buf(),
         reason: e.to_string(),
@@ -115,12 +119,17 @@ pub fn load(
         let r = Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM))).map_err(load_err)?;
         let entry = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => BootEntry::Pvh { entry: addr },
-            _ => BootEntry::Linux64 { entry: r.kernel_load },
+            _ => BootEntry::Linux64 {
+                entry: r.kernel_load,
+            },
         };
         (entry, r.kernel_end, None)
     } else if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
-        let r = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM))).map_err(load_err)?;
-        let entry = BootEntry::Linux64 { entry: GuestAddress(r.kernel_load.0 + 0x200) };
+        let r =
+            BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM))).map_err(load_err)?;
+        let entry = BootEntry::Linux64 {
+            entry: GuestAddress(r.kernel_load.0 + 0x200),
+        };
         (entry, r.kernel_end, r.setup_header)
     } else {
         return Err(BootError::NotAKernel(source.kernel.to_path_buf()));
@@ -132,8 +141,11 @@ pub fn load(
     };
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cmdline.insert_str(source.cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    load_cmdline(mem, GuestAddress(CMDLINE), &cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(source.cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE), &cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
     let cmdline_len = source.cmdline.len() as u32 + 1;
 
     match entry {
@@ -164,19 +176,30 @@ fn load_initrd(
     kernel_end: u64,
     header: Option<&setup_header>,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let data = std::fs::read(path).map_err(|source| BootError::Read { path: path.into(), source })?;
+    let data = std::fs::read(path).map_err(|source| BootError::Read {
+        path: path.into(),
+        source,
+    })?;
     let size = data.len() as u64;
-    let too_large = || BootError::InitrdTooLarge { path: path.into(), size };
+    let too_large = || BootError::InitrdTooLarge {
+        path: path.into(),
+        size,
+    };
     // Kernels before boot protocol 2.03 do not say; 0x37ffffff is their documented limit.
     let addr_max = header.map_or(u64::from(u32::MAX), |h| {
-        if h.initrd_addr_max == 0 { 0x37ff_ffff } else { u64::from(h.initrd_addr_max) }
+        if h.initrd_addr_max == 0 {
+            0x37ff_ffff
+        } else {
+            u64::from(h.initrd_addr_max)
+        }
     });
     let top = layout.below_4g().min(addr_max + 1);
     let addr = top.checked_sub(size).ok_or_else(too_large)? & !0xfff;
     if addr < kernel_end {
         return Err(too_large());
     }
-    mem.write_slice(&data, GuestAddress(addr)).map_err(BootError::Memory)?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(BootError::Memory)?;
     Ok((GuestAddress(addr), size))
 }
 
@@ -211,11 +234,18 @@ fn write_zero_page(
     params.acpi_rsdp_addr = rsdp.0;
     let map = layout.e820();
     for (slot, e) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind as u32 };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind as u32,
+        };
     }
     params.e820_entries = map.len().min(params.e820_table.len()) as u8;
     LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE)), mem)
-        .map_err(|e| BootError::Load { path: PathBuf::from("zero page"), reason: e.to_string() })
+        .map_err(|e| BootError::Load {
+            path: PathBuf::from("zero page"),
+            reason: e.to_string(),
+        })
 }
 
 fn write_start_info(
@@ -249,12 +279,18 @@ fn write_start_info(
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST;
         params = BootParams::new(&info, GuestAddress(PVH_START_INFO));
-        let module = hvm_modlist_entry { paddr: addr.0, size, ..Default::default() };
+        let module = hvm_modlist_entry {
+            paddr: addr.0,
+            size,
+            ..Default::default()
+        };
         params.set_modules(&[module], GuestAddress(PVH_MODLIST));
     }
     params.set_sections(&map, GuestAddress(PVH_MEMMAP));
-    PvhBootConfigurator::write_bootparams(&params, mem)
-        .map_err(|e| BootError::Load { path: PathBuf::from("PVH start info"), reason: e.to_string() })
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| BootError::Load {
+        path: PathBuf::from("PVH start info"),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -271,18 +307,44 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("popek-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notes.txt");
-        std::fs::File::create(&path).unwrap().write_all(b"hello, not a kernel").unwrap();
-        let src = BootSource { kernel: &path, initrd: None, cmdline: "console=ttyS0" };
-        let err = load(&mem(), &MemoryLayout::new(64 << 20), &src, GuestAddress(0xe0000)).unwrap_err();
-        assert!(matches!(err, BootError::NotAKernel(ref p) if *p == path), "{err}");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"hello, not a kernel")
+            .unwrap();
+        let src = BootSource {
+            kernel: &path,
+            initrd: None,
+            cmdline: "console=ttyS0",
+        };
+        let err = load(
+            &mem(),
+            &MemoryLayout::new(64 << 20),
+            &src,
+            GuestAddress(0xe0000),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BootError::NotAKernel(ref p) if *p == path),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_missing_kernel_is_reported_with_its_path() {
         let path = Path::new("/nonexistent/vmlinux");
-        let src = BootSource { kernel: path, initrd: None, cmdline: "" };
-        let err = load(&mem(), &MemoryLayout::new(64 << 20), &src, GuestAddress(0xe0000)).unwrap_err();
+        let src = BootSource {
+            kernel: path,
+            initrd: None,
+            cmdline: "",
+        };
+        let err = load(
+            &mem(),
+            &MemoryLayout::new(64 << 20),
+            &src,
+            GuestAddress(0xe0000),
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "Cannot read /nonexistent/vmlinux");
     }
 
@@ -293,7 +355,8 @@ mod tests {
         let path = dir.join("initrd");
         std::fs::write(&path, vec![0x5a; 10_000]).unwrap();
         let m = mem();
-        let (addr, size) = load_initrd(&m, &MemoryLayout::new(64 << 20), &path, 0x20_0000, None).unwrap();
+        let (addr, size) =
+            load_initrd(&m, &MemoryLayout::new(64 << 20), &path, 0x20_0000, None).unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr.0 % 4096, 0);
         assert!(addr.0 + size <= 64 << 20 && addr.0 + size > (64 << 20) - 8192);

@@ -1,6 +1,8 @@
 //! The boot CPU's initial state for each entry protocol, and the MSRs every vCPU starts with.
 
-use hypervisor::{FpuState, MsrEntry, SegmentRegister, SpecialRegisters, StandardRegisters, TableRegister};
+use hypervisor::{
+    FpuState, MsrEntry, SegmentRegister, SpecialRegisters, StandardRegisters, TableRegister,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::BootEntry;
@@ -36,7 +38,11 @@ fn segment_from_entry(entry: u64, selector: u16) -> SegmentRegister {
     let g = (entry >> 55) & 1 == 1;
     SegmentRegister {
         base,
-        limit: if g { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if g {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present: (entry >> 47) & 1 == 1,
@@ -75,18 +81,30 @@ pub fn setup_boot_cpu(
     base: SpecialRegisters,
 ) -> Result<BootCpuState, CpuSetupError> {
     let long = matches!(entry, BootEntry::Linux64 { .. });
-    let code = if long { gdt_entry(0xa09b, 0, 0xfffff) } else { gdt_entry(0xc09b, 0, 0xfffff) };
+    let code = if long {
+        gdt_entry(0xa09b, 0, 0xfffff)
+    } else {
+        gdt_entry(0xc09b, 0, 0xfffff)
+    };
     let data = gdt_entry(0xc093, 0, 0xfffff);
     let tss = gdt_entry(0x808b, 0, 0xfffff);
     let gdt = [0u64, 0, code, data, tss];
     for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(BOOT_GDT + 8 * i as u64)).map_err(CpuSetupError)?;
+        mem.write_obj(*e, GuestAddress(BOOT_GDT + 8 * i as u64))
+            .map_err(CpuSetupError)?;
     }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT)).map_err(CpuSetupError)?;
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT))
+        .map_err(CpuSetupError)?;
 
     let mut sregs = base;
-    sregs.gdt = TableRegister { base: BOOT_GDT, limit: (gdt.len() * 8 - 1) as u16 };
-    sregs.idt = TableRegister { base: BOOT_IDT, limit: 7 };
+    sregs.gdt = TableRegister {
+        base: BOOT_GDT,
+        limit: (gdt.len() * 8 - 1) as u16,
+    };
+    sregs.idt = TableRegister {
+        base: BOOT_IDT,
+        limit: 7,
+    };
     sregs.cs = segment_from_entry(code, CODE_SELECTOR);
     let data_seg = segment_from_entry(data, DATA_SELECTOR);
     sregs.ds = data_seg;
@@ -96,7 +114,10 @@ pub fn setup_boot_cpu(
     sregs.ss = data_seg;
     sregs.tr = segment_from_entry(tss, TSS_SELECTOR);
 
-    let mut regs = StandardRegisters { rflags: 2, ..Default::default() };
+    let mut regs = StandardRegisters {
+        rflags: 2,
+        ..Default::default()
+    };
     match entry {
         BootEntry::Linux64 { entry } => {
             write_identity_map(mem)?;
@@ -117,14 +138,19 @@ pub fn setup_boot_cpu(
             regs.rbx = PVH_START_INFO;
         }
     }
-    Ok(BootCpuState { regs, sregs, fpu: FpuState::default() })
+    Ok(BootCpuState {
+        regs,
+        sregs,
+        fpu: FpuState::default(),
+    })
 }
 
 /// Identity-maps the first 4 GiB with 2 MiB pages: PML4[0] -> PDPT[0..4] -> 4 page directories.
 fn write_identity_map(mem: &GuestMemoryMmap) -> Result<(), CpuSetupError> {
     const PRESENT_RW: u64 = 0x3;
     const HUGE: u64 = 0x80;
-    mem.write_obj(PDPT | PRESENT_RW, GuestAddress(PML4)).map_err(CpuSetupError)?;
+    mem.write_obj(PDPT | PRESENT_RW, GuestAddress(PML4))
+        .map_err(CpuSetupError)?;
     let mut pd = vec![0u8; 4 * 4096];
     for (i, chunk) in pd.chunks_mut(8).enumerate() {
         let entry = ((i as u64) << 21) | PRESENT_RW | HUGE;
@@ -132,9 +158,11 @@ fn write_identity_map(mem: &GuestMemoryMmap) -> Result<(), CpuSetupError> {
     }
     for dir in 0..4u64 {
         let pd_addr = PD + dir * 4096;
-        mem.write_obj(pd_addr | PRESENT_RW, GuestAddress(PDPT + dir * 8)).map_err(CpuSetupError)?;
+        mem.write_obj(pd_addr | PRESENT_RW, GuestAddress(PDPT + dir * 8))
+            .map_err(CpuSetupError)?;
     }
-    mem.write_slice(&pd, GuestAddress(PD)).map_err(CpuSetupError)
+    mem.write_slice(&pd, GuestAddress(PD))
+        .map_err(CpuSetupError)
 }
 
 /// MSRs every vCPU starts with: system-call MSRs cleared, fast strings on, MTRRs enabled with
@@ -181,8 +209,14 @@ mod tests {
     #[test]
     fn linux64_entry_is_long_mode_with_zero_page_in_rsi() {
         let m = mem();
-        let s = setup_boot_cpu(&m, BootEntry::Linux64 { entry: GuestAddress(0x100_0000) }, Default::default())
-            .unwrap();
+        let s = setup_boot_cpu(
+            &m,
+            BootEntry::Linux64 {
+                entry: GuestAddress(0x100_0000),
+            },
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(s.regs.rip, 0x100_0000);
         assert_eq!(s.regs.rsi, ZERO_PAGE);
         assert!(s.sregs.cs.l && !s.sregs.cs.db && s.sregs.cs.present);
@@ -198,8 +232,14 @@ mod tests {
 
     #[test]
     fn pvh_entry_is_flat_32_bit_protected_mode_without_paging() {
-        let s = setup_boot_cpu(&mem(), BootEntry::Pvh { entry: GuestAddress(0x10_0040) }, Default::default())
-            .unwrap();
+        let s = setup_boot_cpu(
+            &mem(),
+            BootEntry::Pvh {
+                entry: GuestAddress(0x10_0040),
+            },
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(s.regs.rbx, PVH_START_INFO);
         assert_eq!(s.regs.rip, 0x10_0040);
         assert!(s.sregs.cs.db && !s.sregs.cs.l);

@@ -44,11 +44,19 @@ const FEATURES: &[CpuFeature] = &[
     feature("x2apic", 1, 0, Reg::Ecx, 21, &[]),
     feature("tsc-deadline", 1, 0, Reg::Ecx, 24, &[]),
     feature("xsave", 1, 0, Reg::Ecx, 26, AVX_FAMILY),
-    feature("avx", 1, 0, Reg::Ecx, 28, &["avx2", "avx512f", "fma", "f16c"]),
+    feature(
+        "avx",
+        1,
+        0,
+        Reg::Ecx,
+        28,
+        &["avx2", "avx512f", "fma", "f16c"],
+    ),
     feature("fma", 1, 0, Reg::Ecx, 12, &[]),
     feature("f16c", 1, 0, Reg::Ecx, 29, &[]),
     feature("rdrand", 1, 0, Reg::Ecx, 30, &[]),
     feature("pcid", 1, 0, Reg::Ecx, 17, &["invpcid"]),
+    feature("cx16", 1, 0, Reg::Ecx, 13, &[]),
     feature("monitor", 1, 0, Reg::Ecx, 3, &[]),
     feature("hypervisor", 1, 0, Reg::Ecx, 31, &[]),
     feature("smep", 7, 0, Reg::Ebx, 7, &[]),
@@ -72,16 +80,31 @@ const fn feature(
     bit: u8,
     implies: &'static [&'static str],
 ) -> CpuFeature {
-    CpuFeature { name, leaf, subleaf, reg, bit, implies }
+    CpuFeature {
+        name,
+        leaf,
+        subleaf,
+        reg,
+        bit,
+        implies,
+    }
 }
 
 impl CpuFeature {
     /// Looks a feature up by name.
     pub fn by_name(name: &str) -> Result<CpuFeature, CpuidError> {
-        FEATURES.iter().copied().find(|f| f.name == name).ok_or_else(|| CpuidError::UnknownFeature {
-            name: name.to_string(),
-            known: FEATURES.iter().map(|f| f.name).collect::<Vec<_>>().join(", "),
-        })
+        FEATURES
+            .iter()
+            .copied()
+            .find(|f| f.name == name)
+            .ok_or_else(|| CpuidError::UnknownFeature {
+                name: name.to_string(),
+                known: FEATURES
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The feature's name.
@@ -179,17 +202,44 @@ mod tests {
 
     fn supported() -> Vec<CpuidEntry> {
         vec![
-            CpuidEntry { function: 1, ecx: (1 << 26) | (1 << 28) | (1 << 21), ..Default::default() },
-            CpuidEntry { function: 7, ebx: 1 << 5, ..Default::default() },
-            CpuidEntry { function: 0xb, index: 0, flags: 1, ..Default::default() },
-            CpuidEntry { function: 0xb, index: 1, flags: 1, ..Default::default() },
-            CpuidEntry { function: 0xd, index: 0, flags: 1, eax: 7, ..Default::default() },
+            CpuidEntry {
+                function: 1,
+                ecx: (1 << 26) | (1 << 28) | (1 << 21),
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 7,
+                ebx: 1 << 5,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 0xb,
+                index: 0,
+                flags: 1,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 0xb,
+                index: 1,
+                flags: 1,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 0xd,
+                index: 0,
+                flags: 1,
+                eax: 7,
+                ..Default::default()
+            },
         ]
     }
 
     #[test]
     fn topology_names_the_vcpu_and_the_count() {
-        let policy = CpuidPolicy { vcpus: 4, hidden: vec![] };
+        let policy = CpuidPolicy {
+            vcpus: 4,
+            hidden: vec![],
+        };
         let c = policy.for_vcpu(&supported(), 3);
         assert_eq!(c[0].ebx >> 24, 3);
         assert_eq!((c[0].ebx >> 16) & 0xff, 4);
@@ -199,8 +249,10 @@ mod tests {
 
     #[test]
     fn hiding_xsave_hides_avx_family_and_leaf_0xd() {
-        let policy =
-            CpuidPolicy { vcpus: 1, hidden: vec![CpuFeature::by_name("xsave").unwrap()] };
+        let policy = CpuidPolicy {
+            vcpus: 1,
+            hidden: vec![CpuFeature::by_name("xsave").unwrap()],
+        };
         let c = policy.for_vcpu(&supported(), 0);
         assert_eq!(c[0].ecx & ((1 << 26) | (1 << 28)), 0);
         assert_ne!(c[0].ecx & (1 << 21), 0, "x2apic stays");
@@ -211,6 +263,9 @@ mod tests {
     #[test]
     fn unknown_features_are_refused_with_the_known_list() {
         let err = CpuFeature::by_name("warp-drive").unwrap_err();
-        assert!(err.to_string().starts_with("Unknown CPU feature 'warp-drive'; known features: x2apic"));
+        assert!(
+            err.to_string()
+                .starts_with("Unknown CPU feature 'warp-drive'; known features: x2apic")
+        );
     }
 }

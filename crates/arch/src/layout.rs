@@ -113,13 +113,33 @@ impl MemoryLayout {
     /// The map the guest is given.
     pub fn e820(&self) -> Vec<E820Entry> {
         let mut map = vec![
-            E820Entry { addr: 0, size: EBDA, kind: E820Type::Ram },
-            E820Entry { addr: EBDA, size: 0xa_0000 - EBDA, kind: E820Type::Reserved },
-            E820Entry { addr: ACPI_TABLES, size: BIOS_END - ACPI_TABLES, kind: E820Type::Reserved },
-            E820Entry { addr: HIMEM, size: self.below_4g() - HIMEM, kind: E820Type::Ram },
+            E820Entry {
+                addr: 0,
+                size: EBDA,
+                kind: E820Type::Ram,
+            },
+            E820Entry {
+                addr: EBDA,
+                size: 0xa_0000 - EBDA,
+                kind: E820Type::Reserved,
+            },
+            E820Entry {
+                addr: ACPI_TABLES,
+                size: BIOS_END - ACPI_TABLES,
+                kind: E820Type::Reserved,
+            },
+            E820Entry {
+                addr: HIMEM,
+                size: self.below_4g() - HIMEM,
+                kind: E820Type::Ram,
+            },
         ];
         if self.above_4g() > 0 {
-            map.push(E820Entry { addr: RAM_ABOVE_4G, size: self.above_4g(), kind: E820Type::Ram });
+            map.push(E820Entry {
+                addr: RAM_ABOVE_4G,
+                size: self.above_4g(),
+                kind: E820Type::Ram,
+            });
         }
         map
     }
@@ -136,7 +156,12 @@ mod tests {
     fn small_guest_has_all_ram_below_the_hole() {
         let l = MemoryLayout::new(512 << 20);
         assert_eq!(l.ram_regions(), vec![(GuestAddress(0), 512 << 20)]);
-        let ram: u64 = l.e820().iter().filter(|e| e.kind == E820Type::Ram).map(|e| e.size).sum();
+        let ram: u64 = l
+            .e820()
+            .iter()
+            .filter(|e| e.kind == E820Type::Ram)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (512 << 20) - (BIOS_END - EBDA));
     }
 
@@ -149,8 +174,19 @@ mod tests {
             vec![(GuestAddress(0), 3 << 30), (GuestAddress(4 << 30), 2 << 30)]
         );
         let last = *l.e820().last().unwrap();
-        assert_eq!(last, E820Entry { addr: 4 << 30, size: 2 << 30, kind: E820Type::Ram });
+        assert_eq!(
+            last,
+            E820Entry {
+                addr: 4 << 30,
+                size: 2 << 30,
+                kind: E820Type::Ram
+            }
+        );
         // No RAM entry may reach into the hole.
-        assert!(l.e820().iter().all(|e| e.addr >= RAM_ABOVE_4G || e.addr + e.size <= MMIO_HOLE));
+        assert!(
+            l.e820()
+                .iter()
+                .all(|e| e.addr >= RAM_ABOVE_4G || e.addr + e.size <= MMIO_HOLE)
+        );
     }
 }

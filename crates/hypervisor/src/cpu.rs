@@ -90,7 +90,10 @@ pub struct FpuState {
 impl Default for FpuState {
     /// The state after `fninit` and reset: all exceptions masked.
     fn default() -> Self {
-        Self { fcw: 0x37f, mxcsr: 0x1f80 }
+        Self {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+        }
     }
 }
 
@@ -166,7 +169,10 @@ impl CpuMode {
                 CpuMode::Compatibility { cpl }
             }
         } else {
-            CpuMode::Protected { bits: if sregs.cs.db { 32 } else { 16 }, cpl }
+            CpuMode::Protected {
+                bits: if sregs.cs.db { 32 } else { 16 },
+                cpl,
+            }
         }
     }
 }
@@ -193,11 +199,17 @@ mod tests {
         assert_eq!(CpuMode::from_state(&s, 2), CpuMode::Real);
         s.cr0 = 1;
         s.cs.db = true;
-        assert_eq!(CpuMode::from_state(&s, 2), CpuMode::Protected { bits: 32, cpl: 0 });
+        assert_eq!(
+            CpuMode::from_state(&s, 2),
+            CpuMode::Protected { bits: 32, cpl: 0 }
+        );
         assert_eq!(CpuMode::from_state(&s, 2 | 1 << 17), CpuMode::Virtual8086);
         s.efer = 1 << 10;
         s.cs.dpl = 3;
-        assert_eq!(CpuMode::from_state(&s, 2), CpuMode::Compatibility { cpl: 3 });
+        assert_eq!(
+            CpuMode::from_state(&s, 2),
+            CpuMode::Compatibility { cpl: 3 }
+        );
         s.cs.l = true;
         assert_eq!(CpuMode::from_state(&s, 2), CpuMode::Long { cpl: 3 });
     }

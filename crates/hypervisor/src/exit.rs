@@ -45,7 +45,11 @@ pub struct EmulationFailure {
 
 impl std::fmt::Display for EmulationFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "emulation failure at RIP {:#x} ({}): ", self.rip, self.mode)?;
+        write!(
+            f,
+            "emulation failure at RIP {:#x} ({}): ",
+            self.rip, self.mode
+        )?;
         if self.bytes.is_empty() {
             write!(f, "instruction bytes unavailable")
         } else {

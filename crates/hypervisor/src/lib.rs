@@ -13,8 +13,8 @@ mod exit;
 pub mod kvm;
 
 pub use cpu::{
-    CPUID_FLAG_SIGNIFICANT_INDEX, CpuMode, CpuidEntry, FpuState, MsrEntry, SegmentRegister, SpecialRegisters,
-    StandardRegisters, TableRegister,
+    CPUID_FLAG_SIGNIFICANT_INDEX, CpuMode, CpuidEntry, FpuState, MsrEntry, SegmentRegister,
+    SpecialRegisters, StandardRegisters, TableRegister,
 };
 pub use exit::{EmulationFailure, VmExit};
 
@@ -30,7 +30,9 @@ pub enum HypervisorError {
     )]
     KvmMissing,
     /// `/dev/kvm` exists but the user may not open it.
-    #[error("/dev/kvm is not accessible to this user: add the user to the 'kvm' group or run as root")]
+    #[error(
+        "/dev/kvm is not accessible to this user: add the user to the 'kvm' group or run as root"
+    )]
     KvmPermission,
     /// `/dev/kvm` could not be opened for another reason.
     #[error("Cannot open /dev/kvm")]

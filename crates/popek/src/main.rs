@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmm::{SerialConfig, VmOutcome, VmRequest};
 
-/// Kernel command line when none is given: the console on COM1, reboot through the keyboard
+/// Kernel command line when none is given: the console (and the early console) on COM1, reboot
+/// through the keyboard
 /// controller, and a panic that resets the machine rather than hanging it.
-const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1";
 
 /// Exit status for errors in what the user gave (flags, files) or in the host's setup.
 const EXIT_USAGE: u8 = 2;
@@ -122,17 +123,17 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Image { action: ImageAction::Build } => {
-            match guest_image::ensure_default_guest(&mut progress) {
-                Ok(guest) => {
-                    println!("{}", guest.dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("popek: cannot assemble the default guest: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Image {
+            action: ImageAction::Build,
+        } => match guest_image::ensure_default_guest(&mut progress) {
+            Ok(guest) => {
+                println!("{}", guest.dir.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("popek: cannot assemble the default guest: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -14,7 +14,13 @@ fn hello() -> &'static str {
 /// Runs popek and checks it failed with status 2 and exactly one line on stderr.
 fn fails_with(args: &[&str]) -> String {
     let r = run(args, Duration::from_secs(30));
-    assert_eq!(r.status, Some(2), "args {args:?}: stdout {:?} stderr {:?}", r.stdout, r.stderr);
+    assert_eq!(
+        r.status,
+        Some(2),
+        "args {args:?}: stdout {:?} stderr {:?}",
+        r.stdout,
+        r.stderr
+    );
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line expected: {:?}", r.stderr);
     lines[0].to_string()
@@ -53,7 +59,10 @@ fn a_file_that_is_not_a_kernel_is_refused() {
 #[test]
 fn memory_larger_than_the_host_is_refused_with_the_host_size() {
     let line = fails_with(&["run", "--kernel", hello(), "--memory", "64T"]);
-    assert!(line.starts_with("popek: --memory 64T exceeds host RAM ("), "{line}");
+    assert!(
+        line.starts_with("popek: --memory 64T exceeds host RAM ("),
+        "{line}"
+    );
     assert!(line.ends_with(" GiB)") || line.ends_with(" MiB)"), "{line}");
 }
 
@@ -75,20 +84,33 @@ fn zero_cpus_are_refused() {
 #[test]
 fn too_many_cpus_are_refused() {
     let line = fails_with(&["run", "--kernel", hello(), "--cpus", "1000"]);
-    assert_eq!(line, "popek: --cpus 1000 is too many: popek supports at most 254 CPUs per VM");
+    assert_eq!(
+        line,
+        "popek: --cpus 1000 is too many: popek supports at most 254 CPUs per VM"
+    );
 }
 
 #[test]
 fn bad_serial_value_is_refused() {
-    let r = run(&["run", "--kernel", hello(), "--serial", "tcp:80"], Duration::from_secs(30));
+    let r = run(
+        &["run", "--kernel", hello(), "--serial", "tcp:80"],
+        Duration::from_secs(30),
+    );
     assert_eq!(r.status, Some(2));
-    assert!(r.stderr.contains("Invalid --serial 'tcp:80': use stdio, file:PATH or none"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Invalid --serial 'tcp:80': use stdio, file:PATH or none"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Without /dev/kvm (hidden here by an empty /dev in a private mount namespace), popek says so.
 #[test]
 fn missing_dev_kvm_is_reported() {
-    let unshare = std::process::Command::new("unshare").args(["--mount", "true"]).status();
+    let unshare = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status();
     if !matches!(unshare, Ok(s) if s.success()) {
         eprintln!("skipped: cannot create a mount namespace here (needs root and unshare)");
         return;

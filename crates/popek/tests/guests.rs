@@ -12,7 +12,11 @@ fn hello_guest_prints_its_line_and_exits_zero() {
         return;
     }
     let r = boot(Guest::Hello.path(), &[]);
-    assert_eq!(r.stdout, "Hello from the popek hello guest!\n", "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout, "Hello from the popek hello guest!\n",
+        "stderr: {}",
+        r.stderr
+    );
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
 }
 
@@ -24,7 +28,8 @@ fn smp_guest_sees_every_cpu_check_in() {
     for cpus in ["2", "4"] {
         let r = boot(Guest::Smp.path(), &["--cpus", cpus]);
         assert!(
-            r.stdout.contains(&format!("smp: {cpus} of {cpus} CPUs checked in")),
+            r.stdout
+                .contains(&format!("smp: {cpus} of {cpus} CPUs checked in")),
             "--cpus {cpus}: stdout {:?} stderr {:?}",
             r.stdout,
             r.stderr
@@ -39,9 +44,19 @@ fn timer_guest_receives_pit_and_lapic_interrupts() {
         return;
     }
     let r = boot(Guest::Timer.path(), &[]);
-    let line = r.stdout.lines().find(|l| l.starts_with("timer: ")).unwrap_or_default().to_string();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("timer: "))
+        .unwrap_or_default()
+        .to_string();
     let counts: Vec<u32> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
-    assert!(counts.len() == 2 && counts.iter().all(|&n| n >= 10), "stdout {:?} stderr {:?}", r.stdout, r.stderr);
+    assert!(
+        counts.len() == 2 && counts.iter().all(|&n| n >= 10),
+        "stdout {:?} stderr {:?}",
+        r.stdout,
+        r.stderr
+    );
     assert_eq!(r.status, Some(0));
 }
 
@@ -51,12 +66,26 @@ fn memory_guest_verifies_every_page_of_5g_including_above_4g() {
         return;
     }
     let r = boot(Guest::Memory.path(), &["--memory", "5G"]);
-    let line = r.stdout.lines().find(|l| l.starts_with("memory: verified")).map(str::to_string);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("memory: verified"))
+        .map(str::to_string);
     let line = line.unwrap_or_else(|| panic!("stdout {:?} stderr {:?}", r.stdout, r.stderr));
     // 5 GiB of RAM, minus the 384 KiB legacy hole and the guest's own pages, all verified.
-    let pages: u64 = line.split(' ').nth(2).and_then(|n| n.parse().ok()).expect("page count");
-    assert!(pages > (5 << 30) / 4096 - 1024 && pages <= (5 << 30) / 4096, "{line}");
-    let highest = line.rsplit(' ').next().and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+    let pages: u64 = line
+        .split(' ')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("page count");
+    assert!(
+        pages > (5 << 30) / 4096 - 1024 && pages <= (5 << 30) / 4096,
+        "{line}"
+    );
+    let highest = line
+        .rsplit(' ')
+        .next()
+        .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
     assert!(highest.is_some_and(|h| h >= 0x1_4000_0000 - 4096), "{line}");
     assert_eq!(r.status, Some(0));
 }
@@ -67,7 +96,11 @@ fn reset_guest_ends_the_vm_with_status_zero() {
         return;
     }
     let r = boot(Guest::Reset.path(), &[]);
-    assert_eq!(r.stdout, "reset: pulsing the i8042 reset line\n", "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout, "reset: pulsing the i8042 reset line\n",
+        "stderr: {}",
+        r.stderr
+    );
     assert_eq!(r.status, Some(0));
 }
 
@@ -83,15 +116,25 @@ fn int3_at_cpl0_is_handled_or_reported_as_an_emulation_failure() {
         HostKvmKind::Pvm => {
             assert!(!r.timed_out);
             assert_eq!(r.status, Some(1));
-            let report = r.stderr.lines().find(|l| l.contains("emulation failure")).unwrap_or_default();
+            let report = r
+                .stderr
+                .lines()
+                .find(|l| l.contains("emulation failure"))
+                .unwrap_or_default();
             assert!(
-                report.contains("at RIP 0x") && report.contains("64-bit long mode, CPL 0") && report.contains("instruction bytes cc"),
+                report.contains("at RIP 0x")
+                    && report.contains("64-bit long mode, CPL 0")
+                    && report.contains("instruction bytes cc"),
                 "stderr: {}",
                 r.stderr
             );
         }
         HostKvmKind::HardwareAssisted => {
-            assert_eq!(r.stdout, "int3: breakpoint handled\n", "stderr: {}", r.stderr);
+            assert_eq!(
+                r.stdout, "int3: breakpoint handled\n",
+                "stderr: {}",
+                r.stderr
+            );
             assert_eq!(r.status, Some(0));
         }
     }

@@ -27,7 +27,12 @@ fn boot_until(marker: &str, timeout: Duration) -> (String, bool, String) {
     let mut child = common::popek()
         .args(["run", "--kernel", guest.vmlinux.to_str().unwrap()])
         .args(["--initrd", guest.initramfs.to_str().unwrap()])
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1", "--serial", "stdio"])
+        .args([
+            "--cmdline",
+            "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1",
+            "--serial",
+            "stdio",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -59,7 +64,11 @@ fn boot_until(marker: &str, timeout: Duration) -> (String, bool, String) {
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    (console, seen, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        console,
+        seen,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -12,7 +12,9 @@ use arch::layout::MIN_MEMORY;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A size that does not parse.
-    #[error("Invalid size '{0}': use a number with an optional K, M, G or T suffix, like 512M or 2G")]
+    #[error(
+        "Invalid size '{0}': use a number with an optional K, M, G or T suffix, like 512M or 2G"
+    )]
     BadSize(String),
     /// Less memory than a guest can boot in.
     #[error("--memory {given} is too small: a VM needs at least {min} MiB")]
@@ -113,7 +115,11 @@ pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in UNITS {
         if bytes >= 1 << shift {
             let v = bytes as f64 / (1u64 << shift) as f64;
-            return if v.fract() < 0.05 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") };
+            return if v.fract() < 0.05 {
+                format!("{v:.0} {unit}")
+            } else {
+                format!("{v:.1} {unit}")
+            };
         }
     }
     format!("{bytes} B")
@@ -162,7 +168,10 @@ impl VmRequest {
     pub fn validate(self, host_ram: u64) -> Result<VmConfig, ConfigError> {
         let memory = parse_size(&self.memory)?;
         if memory < MIN_MEMORY {
-            return Err(ConfigError::MemoryTooSmall { given: self.memory, min: MIN_MEMORY >> 20 });
+            return Err(ConfigError::MemoryTooSmall {
+                given: self.memory,
+                min: MIN_MEMORY >> 20,
+            });
         }
         if memory > host_ram {
             return Err(ConfigError::MemoryExceedsHost {
@@ -174,15 +183,24 @@ impl VmRequest {
             return Err(ConfigError::NoCpus);
         }
         if self.cpus > MAX_VCPUS {
-            return Err(ConfigError::TooManyCpus { given: self.cpus, max: MAX_VCPUS });
+            return Err(ConfigError::TooManyCpus {
+                given: self.cpus,
+                max: MAX_VCPUS,
+            });
         }
         if !self.kernel.exists() {
-            return Err(ConfigError::MissingFile { what: "Kernel", path: self.kernel });
+            return Err(ConfigError::MissingFile {
+                what: "Kernel",
+                path: self.kernel,
+            });
         }
         if let Some(initrd) = &self.initrd
             && !initrd.exists()
         {
-            return Err(ConfigError::MissingFile { what: "Initrd", path: initrd.clone() });
+            return Err(ConfigError::MissingFile {
+                what: "Initrd",
+                path: initrd.clone(),
+            });
         }
         let hidden_features = self
             .hide_cpu_features
@@ -236,29 +254,52 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1T"), Ok(1 << 40));
         for bad in ["", "G", "12Q", "-1G", "1.5G", "99999999999T"] {
-            assert_eq!(parse_size(bad), Err(ConfigError::BadSize(bad.into())), "{bad}");
+            assert_eq!(
+                parse_size(bad),
+                Err(ConfigError::BadSize(bad.into())),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn memory_beyond_host_ram_is_refused_with_both_sizes() {
-        let r = VmRequest { memory: "3T".into(), ..request() };
+        let r = VmRequest {
+            memory: "3T".into(),
+            ..request()
+        };
         let err = r.validate(24 << 30).unwrap_err();
         assert_eq!(err.to_string(), "--memory 3T exceeds host RAM (24 GiB)");
     }
 
     #[test]
     fn cpu_counts_outside_the_supported_range_are_refused() {
-        let err = VmRequest { cpus: 0, ..request() }.validate(1 << 40).unwrap_err();
+        let err = VmRequest {
+            cpus: 0,
+            ..request()
+        }
+        .validate(1 << 40)
+        .unwrap_err();
         assert_eq!(err, ConfigError::NoCpus);
-        let err = VmRequest { cpus: 300, ..request() }.validate(1 << 40).unwrap_err();
-        assert_eq!(err.to_string(), "--cpus 300 is too many: popek supports at most 254 CPUs per VM");
+        let err = VmRequest {
+            cpus: 300,
+            ..request()
+        }
+        .validate(1 << 40)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--cpus 300 is too many: popek supports at most 254 CPUs per VM"
+        );
     }
 
     #[test]
     fn serial_values_parse_or_are_refused() {
         assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
-        assert_eq!("file:/tmp/x".parse(), Ok(SerialConfig::File("/tmp/x".into())));
+        assert_eq!(
+            "file:/tmp/x".parse(),
+            Ok(SerialConfig::File("/tmp/x".into()))
+        );
         assert_eq!("none".parse(), Ok(SerialConfig::None));
         assert!("file:".parse::<SerialConfig>().is_err());
         assert!("tcp:1234".parse::<SerialConfig>().is_err());
@@ -266,9 +307,12 @@ mod tests {
 
     #[test]
     fn missing_kernel_is_named() {
-        let err = VmRequest { kernel: "/no/such/kernel".into(), ..request() }
-            .validate(1 << 40)
-            .unwrap_err();
+        let err = VmRequest {
+            kernel: "/no/such/kernel".into(),
+            ..request()
+        }
+        .validate(1 << 40)
+        .unwrap_err();
         assert_eq!(err.to_string(), "Kernel /no/such/kernel does not exist");
     }
 }

@@ -68,7 +68,10 @@ pub struct Control {
 impl Control {
     /// A control with no outcome yet.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { outcome: Mutex::new(None), event: EventFd::new(EFD_NONBLOCK)? })
+        Ok(Self {
+            outcome: Mutex::new(None),
+            event: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// Records `outcome` unless one was recorded before, and wakes the event loop.
@@ -84,7 +87,10 @@ impl Control {
 
     /// The outcome, once there is one.
     pub fn outcome(&self) -> Option<VmOutcome> {
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The eventfd that becomes readable when the VM ends.

@@ -9,8 +9,8 @@ use devices::bus::SharedDevice;
 use devices::clock::{Clock, HostClock, Timer};
 use devices::interrupt::{ExtIntSink, MsiMessage, MsiSink, VmControl};
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, I8042, Ioapic, IrqRouter, Pic, Pit, Serial, acpi_pm, cmos,
-    debug_exit, ioapic, serial,
+    AcpiPm, Cmos, DebugExit, I8042, Ioapic, IrqRouter, Pic, Pit, Serial, acpi_pm, cmos, debug_exit,
+    ioapic, serial,
 };
 use devices::{Bus, BusError};
 use hypervisor::{Vm, VmOps};
@@ -77,7 +77,9 @@ impl MsiSink for EngineMsi {
             && let Err(e) = vm.signal_msi(gsi, msg.address, msg.data)
             && let Some(control) = self.control.get()
         {
-            control.finish(VmOutcome::Failed(format!("interrupt delivery on GSI {gsi}: {e}")));
+            control.finish(VmOutcome::Failed(format!(
+                "interrupt delivery on GSI {gsi}: {e}"
+            )));
         }
     }
 }
@@ -123,18 +125,28 @@ impl FdTimer {
         if !ok {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self { fd: Mutex::new(fd), clock })
+        Ok(Self {
+            fd: Mutex::new(fd),
+            clock,
+        })
     }
 
     /// The descriptor to poll.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.fd.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd()
+        self.fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_raw_fd()
     }
 
     /// Consumes an expiry; returns false if the timer had not fired (a spurious wake-up).
     pub fn acknowledge(&self) -> bool {
-        self.fd.lock().unwrap_or_else(|p| p.into_inner()).wait().is_ok()
+        self.fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait()
+            .is_ok()
     }
 }
 
@@ -191,12 +203,19 @@ impl Platform {
 
         let clock: Arc<dyn Clock> = Arc::new(HostClock::new());
         let pit_timer = Arc::new(FdTimer::new(clock.clone()).map_err(PlatformError::Timer)?);
-        let pit = Arc::new(Mutex::new(Pit::new(clock, pit_timer.clone(), router.isa_irq(0).map_err(irq_err)?)));
+        let pit = Arc::new(Mutex::new(Pit::new(
+            clock,
+            pit_timer.clone(),
+            router.isa_irq(0).map_err(irq_err)?,
+        )));
         let serial = Arc::new(Mutex::new(Serial::new(
             router.isa_irq(serial::COM1_IRQ).map_err(irq_err)?,
             serial_out,
         )));
-        let acpi_pm = AcpiPm::new(vm_control.clone(), router.isa_irq(acpi_pm::SCI_IRQ).map_err(irq_err)?);
+        let acpi_pm = AcpiPm::new(
+            vm_control.clone(),
+            router.isa_irq(acpi_pm::SCI_IRQ).map_err(irq_err)?,
+        );
         let wall_clock = Box::new(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -206,8 +225,16 @@ impl Platform {
 
         let mut pio = Bus::new();
         let shared = |d: Arc<Mutex<dyn devices::BusDevice>>| -> SharedDevice { d };
-        pio.insert(shared(serial.clone()), serial::COM1_PORT, serial::SERIAL_PORTS)?;
-        pio.insert(Arc::new(Mutex::new(acpi_pm)), acpi_pm::ACPI_PM_BASE, acpi_pm::ACPI_PM_LEN)?;
+        pio.insert(
+            shared(serial.clone()),
+            serial::COM1_PORT,
+            serial::SERIAL_PORTS,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(acpi_pm)),
+            acpi_pm::ACPI_PM_BASE,
+            acpi_pm::ACPI_PM_LEN,
+        )?;
         pio.insert(Arc::new(Mutex::new(cmos)), cmos::CMOS_PORT, cmos::CMOS_LEN)?;
         pio.insert(
             Arc::new(Mutex::new(DebugExit::new(vm_control.clone()))),
@@ -222,7 +249,11 @@ impl Platform {
             pio.insert(e.device, e.base, e.len)?;
         }
         let mut mmio = Bus::new();
-        mmio.insert(shared(ioapic.clone()), ioapic::IOAPIC_BASE, ioapic::IOAPIC_LEN)?;
+        mmio.insert(
+            shared(ioapic.clone()),
+            ioapic::IOAPIC_BASE,
+            ioapic::IOAPIC_LEN,
+        )?;
 
         Ok(Self {
             buses: Arc::new(Buses { pio, mmio }),

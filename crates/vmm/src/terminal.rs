@@ -95,6 +95,9 @@ mod tests {
     #[test]
     fn ctrl_a_twice_sends_one_and_other_keys_pass_through() {
         let mut f = EscapeFilter::default();
-        assert_eq!(f.filter(b"\x01\x01a\x01b"), Input::Guest(b"\x01a\x01b".to_vec()));
+        assert_eq!(
+            f.filter(b"\x01\x01a\x01b"),
+            Input::Guest(b"\x01a\x01b".to_vec())
+        );
     }
 }

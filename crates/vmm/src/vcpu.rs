@@ -28,7 +28,13 @@ impl VcpuHandle {
     pub fn kick(&self) {
         self.shared.kicked.store(true, Ordering::SeqCst);
         self.shared.kicker.kick();
-        if let Some(t) = self.shared.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(t) = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             t.unpark();
         }
     }
@@ -70,7 +76,11 @@ impl VcpuRunner {
             // The loop keeps little on its stack; the default 2 MiB would only reserve address space.
             .stack_size(256 << 10)
             .spawn(move || self.run(&shared))?;
-        *handle.shared.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(join.thread().clone());
+        *handle
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(join.thread().clone());
         Ok(join)
     }
 
@@ -107,12 +117,16 @@ impl VcpuRunner {
             match self.vcpu.run() {
                 Ok(VmExit::Io | VmExit::Interrupted | VmExit::InterruptWindow) => {}
                 Ok(VmExit::IoapicEoi(vector)) => {
-                    self.ioapic.lock().unwrap_or_else(|p| p.into_inner()).end_of_interrupt(vector);
+                    self.ioapic
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .end_of_interrupt(vector);
                 }
                 Ok(VmExit::Halt) => {
                     // Only engines without an in-kernel local APIC exit on HLT: sleep until a
                     // kick brings an interrupt or the stop flag.
-                    while !shared.kicked.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
+                    while !shared.kicked.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst)
+                    {
                         std::thread::park();
                     }
                 }
@@ -120,7 +134,10 @@ impl VcpuRunner {
                 Ok(VmExit::Reset) => break VmOutcome::Reset,
                 Ok(VmExit::PowerOff) => break VmOutcome::PowerOff,
                 Ok(VmExit::EmulationFailure(failure)) => {
-                    break VmOutcome::EmulationFailure { cpu: self.id, failure };
+                    break VmOutcome::EmulationFailure {
+                        cpu: self.id,
+                        failure,
+                    };
                 }
                 Ok(VmExit::Unhandled(what)) => {
                     break VmOutcome::Failed(format!("vCPU {}: unhandled exit: {what}", self.id));

@@ -6,11 +6,11 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arch::boot::{BootSource, BootEntry};
+use arch::GuestMemoryMmap;
+use arch::boot::{BootEntry, BootSource};
 use arch::cpu::{boot_msrs, setup_boot_cpu};
 use arch::cpuid::CpuidPolicy;
 use arch::layout::MemoryLayout;
-use arch::GuestMemoryMmap;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::{Hypervisor, MemoryRegion, Vcpu};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -83,8 +83,12 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
         .into());
     }
     let layout = MemoryLayout::new(config.memory);
-    let mem = GuestMemoryMmap::from_ranges(&layout.ram_regions())
-        .map_err(|e| VmmError::Memory(format!("{} ({e})", crate::config::format_size(config.memory))))?;
+    let mem = GuestMemoryMmap::from_ranges(&layout.ram_regions()).map_err(|e| {
+        VmmError::Memory(format!(
+            "{} ({e})",
+            crate::config::format_size(config.memory)
+        ))
+    })?;
 
     let control = Arc::new(Control::new().map_err(host("an eventfd"))?);
     let serial_out: Box<dyn Write + Send> = match &config.serial {
@@ -94,11 +98,18 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| VmmError::SerialFile { path: path.clone(), source })?,
+                .map_err(|source| VmmError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
         ),
         SerialConfig::None => Box::new(std::io::sink()),
     };
-    let platform = Platform::new(control.clone(), serial_out, (layout.below_4g(), layout.above_4g()))?;
+    let platform = Platform::new(
+        control.clone(),
+        serial_out,
+        (layout.below_4g(), layout.above_4g()),
+    )?;
     let vm = hypervisor.create_vm(platform.buses.clone())?;
     platform.msi.connect(vm.clone(), control.clone());
     for (slot, region) in mem.iter().enumerate() {
@@ -121,7 +132,10 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
     let entry = arch::boot::load(&mem, &layout, &source, rsdp)?;
 
     let supported = hypervisor.supported_cpuid()?;
-    let policy = CpuidPolicy { vcpus: config.cpus, hidden: config.hidden_features.clone() };
+    let policy = CpuidPolicy {
+        vcpus: config.cpus,
+        hidden: config.hidden_features.clone(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners = Vec::with_capacity(config.cpus as usize);
     for id in 0..config.cpus {
@@ -151,7 +165,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
         if runner.id == 0 {
             platform.doorbell.connect(handle.clone());
         }
-        threads.push(runner.spawn(handle.clone()).map_err(host("a vCPU thread"))?);
+        threads.push(
+            runner
+                .spawn(handle.clone())
+                .map_err(host("a vCPU thread"))?,
+        );
         handles.push(handle);
     }
 
@@ -180,11 +198,19 @@ fn setup_bsp(mem: &GuestMemoryMmap, entry: BootEntry, vcpu: &mut dyn Vcpu) -> Re
 }
 
 /// Waits for the VM's end, firing the PIT's timer and feeding console input meanwhile.
-fn event_loop(platform: &Platform, control: &Control, stdin_console: bool) -> Result<VmOutcome, VmmError> {
+fn event_loop(
+    platform: &Platform,
+    control: &Control,
+    stdin_console: bool,
+) -> Result<VmOutcome, VmmError> {
     let epoll = Epoll::new().map_err(host("an epoll instance"))?;
     let add = |fd: i32, token: u64| {
         epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
             .map_err(host("an epoll registration"))
     };
     add(control.event().as_raw_fd(), TOKEN_EXIT)?;
@@ -203,10 +229,12 @@ fn event_loop(platform: &Platform, control: &Control, stdin_console: bool) -> Re
         };
         for event in &events[..n] {
             match event.data() {
-                TOKEN_PIT => {
-                    if platform.pit_timer.acknowledge() {
-                        platform.pit.lock().unwrap_or_else(|p| p.into_inner()).expire();
-                    }
+                TOKEN_PIT if platform.pit_timer.acknowledge() => {
+                    platform
+                        .pit
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .expire();
                 }
                 TOKEN_STDIN if stdin_open => {
                     let mut buf = [0u8; 256];
@@ -223,7 +251,11 @@ fn event_loop(platform: &Platform, control: &Control, stdin_console: bool) -> Re
                         Ok(k) => match filter.filter(&buf[..k]) {
                             Input::Quit => control.finish(VmOutcome::Quit),
                             Input::Guest(bytes) => {
-                                platform.serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(&bytes);
+                                platform
+                                    .serial
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .enqueue_input(&bytes);
                             }
                         },
                     }

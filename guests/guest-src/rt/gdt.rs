@@ -1,16 +1,18 @@
 //! The TSS and the way down to CPL 3 and back.
 //!
 //! [`enter_user`] saves the kernel's callee-saved registers and stack, `iretq`s into ring 3 on the
-//! user segments, and returns when the user code raises [`USER_RETURN_VECTOR`] (an interrupt gate
-//! with DPL 3) with its result in `rax`. The TSS's `rsp0` is the stack the CPU switches to then.
+//! user segments, and returns when the user code calls [`user_return`], which executes `ud2` at a
+//! known address (`rt_user_exit`) with the result in `rax`: the #UD brings the CPU back to ring 0
+//! on the TSS's `rsp0` stack, and the #UD entry recognises the address and resumes the kernel.
+//!
+//! Why an exception and not `int 0x80` or `syscall`: on hosts that run CPL-3 code natively and
+//! emulate CPL 0 (this project's own, see HOST.md) a CPL-3 `int n` arrives as #UD and `syscall`
+//! reaches LSTAR still at CPL 3, while exceptions are delivered like on real hardware.
 
 use core::arch::{asm, global_asm};
 
 use crate::Global;
 use crate::boot::{TSS_SEL, USER_CS, USER_DS};
-
-/// The vector user code raises (`int 0x80`) to hand its result back to ring 0.
-pub const USER_RETURN_VECTOR: u8 = 0x80;
 
 const TSS_SIZE: usize = 104;
 
@@ -23,6 +25,7 @@ static RING0_STACK: Global<[u8; 16384]> = Global::new([0; 16384]);
 unsafe extern "C" {
     static mut rt_gdt: [u64; 7];
     fn rt_user_return();
+    fn rt_user_exit();
 }
 
 global_asm!(
@@ -60,9 +63,22 @@ rt_enter_user:
     xorl %r15d, %r15d
     iretq
 
-    /* int 0x80 from ring 3: drop the interrupt frame and return from rt_enter_user with rax. */
+    /* The CPL-3 exit: user_return jumps here with the result in rax. */
+    .global rt_user_exit
+rt_user_exit:
+    ud2
+
+    /* #UD entry. From rt_user_exit at CPL 3: drop the exception frame and return from
+       rt_enter_user with rax. Anything else: the ordinary diagnostic stub for vector 6. */
     .global rt_user_return
 rt_user_return:
+    testb $3, 8(%rsp)           /* saved CS: from ring 3? */
+    jz 1f
+    pushq %rax
+    leaq rt_user_exit(%rip), %rax
+    cmpq %rax, 8(%rsp)          /* saved RIP */
+    popq %rax
+    jne 1f
     movw $0x10, %cx
     movw %cx, %ds
     movw %cx, %es
@@ -75,6 +91,7 @@ rt_user_return:
     popq %rbp
     popq %rbx
     ret
+1:  jmp rt_isr_stubs + 6 * 16
 
     .section .data.rt_user, "aw"
     .p2align 3
@@ -90,7 +107,7 @@ unsafe extern "C" {
 }
 
 /// Fills the TSS descriptor (with `rsp0` at the top of a static ring-0 stack), loads the task
-/// register and routes [`USER_RETURN_VECTOR`] to the return path. Call once, after `idt::init`.
+/// register and routes #UD through the return path. Call once, after `idt::init`.
 pub fn init_user_mode() {
     let tss = TSS.get() as u64;
     let rsp0 = RING0_STACK.get() as u64 + 16384;
@@ -110,15 +127,15 @@ pub fn init_user_mode() {
         gdt.add(6).write_volatile(tss >> 32);
         asm!("ltr {0:x}", in(reg) TSS_SEL, options(nostack));
     }
-    crate::idt::set_gate(USER_RETURN_VECTOR, rt_user_return as *const () as u64, 3);
+    crate::idt::set_gate(6, rt_user_return as *const () as u64, 0);
 }
 
 /// Runs `entry(arg)` at CPL 3 on `user_stack_top` with interrupts off, and returns the value
-/// the user code passed back in `rax` with `int 0x80`. Everything the user code touches must be
+/// the user code passed back with [`user_return`]. Everything the user code touches must be
 /// mapped user-accessible.
 ///
 /// # Safety
-/// `entry` must end by raising `int 0x80` (never return), and `user_stack_top` must be a
+/// `entry` must end with [`user_return`] (never return), and `user_stack_top` must be a
 /// 16-byte-aligned user-writable stack.
 pub unsafe fn enter_user(entry: extern "C" fn(u64) -> !, arg: u64, user_stack_top: u64) -> u64 {
     // SAFETY: forwarded to the caller; the TSS and gate are set up by `init_user_mode`.
@@ -133,8 +150,9 @@ pub unsafe fn enter_user(entry: extern "C" fn(u64) -> !, arg: u64, user_stack_to
     }
 }
 
-/// Raises [`USER_RETURN_VECTOR`] with `value` in `rax`: the end of a CPL-3 entry.
+/// Ends a CPL-3 entry: jumps to `rt_user_exit` (a `ud2`) with `value` in `rax`, which returns
+/// from [`enter_user`].
 pub fn user_return(value: u64) -> ! {
-    // SAFETY: the gate for 0x80 has DPL 3 and never returns here.
-    unsafe { asm!("int 0x80", in("rax") value, options(noreturn)) }
+    // SAFETY: the #UD entry recognises rt_user_exit and never comes back here.
+    unsafe { asm!("jmp {}", sym rt_user_exit, in("rax") value, options(noreturn)) }
 }

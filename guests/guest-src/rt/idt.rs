@@ -218,13 +218,10 @@ extern "C" fn rt_isr_dispatch(frame: &mut Frame) {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
-    crate::println!(
-        "unexpected vector {} at rip {:#x} (cs {:#x}), error code {:#x}, cr2 {:#x}",
-        frame.vector,
-        frame.rip,
-        frame.cs,
-        frame.error_code,
-        cr2
+    use crate::serial::Hex;
+    crate::say!(
+        "unexpected vector ", frame.vector, " at rip ", Hex(frame.rip), " (cs ", Hex(frame.cs),
+        "), error code ", Hex(frame.error_code), ", cr2 ", Hex(cr2)
     );
     crate::exit(3)
 }

@@ -89,6 +89,10 @@ extern "C" fn rt_rust_start() -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    println!("panic: {}", info);
+    let message = info.message().as_str().unwrap_or("(formatted message)");
+    match info.location() {
+        Some(l) => say!("panic at ", l.file(), ":", l.line(), ": ", message),
+        None => say!("panic: ", message),
+    }
     exit(3)
 }

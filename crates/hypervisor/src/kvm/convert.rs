@@ -111,11 +111,18 @@ fn segment_to_kvm(s: &SegmentRegister) -> kvm_segment {
 }
 
 fn table_from_kvm(t: &kvm_dtable) -> TableRegister {
-    TableRegister { base: t.base, limit: t.limit }
+    TableRegister {
+        base: t.base,
+        limit: t.limit,
+    }
 }
 
 fn table_to_kvm(t: &TableRegister) -> kvm_dtable {
-    kvm_dtable { base: t.base, limit: t.limit, padding: [0; 3] }
+    kvm_dtable {
+        base: t.base,
+        limit: t.limit,
+        padding: [0; 3],
+    }
 }
 
 pub(super) fn sregs_from_kvm(s: &kvm_sregs) -> SpecialRegisters {
@@ -182,7 +189,10 @@ mod tests {
             avl: false,
             unusable: false,
         };
-        s.gdt = TableRegister { base: 0x500, limit: 0x27 };
+        s.gdt = TableRegister {
+            base: 0x500,
+            limit: 0x27,
+        };
         s.cr0 = 0x8000_0011;
         s.efer = 0x500;
         let mut k = kvm_sregs::default();

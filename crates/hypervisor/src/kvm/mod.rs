@@ -88,8 +88,15 @@ impl Hypervisor for KvmHypervisor {
         let cpuid = self
             .kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| HypervisorError::Ioctl { op: "KVM_GET_SUPPORTED_CPUID", source: e.into() })?;
-        Ok(cpuid.as_slice().iter().map(convert::cpuid_from_kvm).collect())
+            .map_err(|e| HypervisorError::Ioctl {
+                op: "KVM_GET_SUPPORTED_CPUID",
+                source: e.into(),
+            })?;
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .map(convert::cpuid_from_kvm)
+            .collect())
     }
 
     fn create_vm(&self, ops: Arc<dyn VmOps>) -> Result<Arc<dyn Vm>> {
@@ -99,5 +106,8 @@ impl Hypervisor for KvmHypervisor {
 
 /// Maps a kvm-ioctls error to ours, naming the operation.
 fn ioctl_err(op: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> HypervisorError {
-    move |e| HypervisorError::Ioctl { op, source: e.into() }
+    move |e| HypervisorError::Ioctl {
+        op,
+        source: e.into(),
+    }
 }

@@ -44,7 +44,11 @@ pub struct KvmVcpu {
 
 impl KvmVcpu {
     pub(super) fn new(fd: VcpuFd, ops: Arc<dyn VmOps>) -> Self {
-        Self { fd, ops, kicker: Arc::new(Kicker::default()) }
+        Self {
+            fd,
+            ops,
+            kicker: Arc::new(Kicker::default()),
+        }
     }
 
     fn emulation_failure(&mut self) -> Result<VmExit> {
@@ -54,14 +58,26 @@ impl KvmVcpu {
         let (suberror, ndata, flags, size, raw) = unsafe {
             let e = &run.__bindgen_anon_1.emulation_failure;
             let insn = e.__bindgen_anon_1.__bindgen_anon_1;
-            (e.suberror, e.ndata, e.flags, insn.insn_size, insn.insn_bytes)
+            (
+                e.suberror,
+                e.ndata,
+                e.flags,
+                insn.insn_size,
+                insn.insn_bytes,
+            )
         };
         if suberror != KVM_INTERNAL_ERROR_EMULATION {
-            return Ok(VmExit::Unhandled(format!("KVM internal error, suberror {suberror}")));
+            return Ok(VmExit::Unhandled(format!(
+                "KVM internal error, suberror {suberror}"
+            )));
         }
-        let has_bytes =
-            ndata >= 3 && flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
-        let bytes = if has_bytes { raw[..usize::from(size).min(raw.len())].to_vec() } else { vec![] };
+        let has_bytes = ndata >= 3
+            && flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        let bytes = if has_bytes {
+            raw[..usize::from(size).min(raw.len())].to_vec()
+        } else {
+            vec![]
+        };
         let regs = self.regs()?;
         let sregs = self.sregs()?;
         Ok(VmExit::EmulationFailure(EmulationFailure {
@@ -131,15 +147,23 @@ impl Vcpu for KvmVcpu {
     }
 
     fn regs(&self) -> Result<StandardRegisters> {
-        self.fd.get_regs().map(|r| regs_from_kvm(&r)).map_err(ioctl_err("KVM_GET_REGS"))
+        self.fd
+            .get_regs()
+            .map(|r| regs_from_kvm(&r))
+            .map_err(ioctl_err("KVM_GET_REGS"))
     }
 
     fn set_regs(&mut self, regs: &StandardRegisters) -> Result<()> {
-        self.fd.set_regs(&regs_to_kvm(regs)).map_err(ioctl_err("KVM_SET_REGS"))
+        self.fd
+            .set_regs(&regs_to_kvm(regs))
+            .map_err(ioctl_err("KVM_SET_REGS"))
     }
 
     fn sregs(&self) -> Result<SpecialRegisters> {
-        self.fd.get_sregs().map(|s| sregs_from_kvm(&s)).map_err(ioctl_err("KVM_GET_SREGS"))
+        self.fd
+            .get_sregs()
+            .map(|s| sregs_from_kvm(&s))
+            .map_err(ioctl_err("KVM_GET_SREGS"))
     }
 
     fn set_sregs(&mut self, sregs: &SpecialRegisters) -> Result<()> {
@@ -149,14 +173,22 @@ impl Vcpu for KvmVcpu {
     }
 
     fn set_fpu(&mut self, fpu: &FpuState) -> Result<()> {
-        let k = kvm_fpu { fcw: fpu.fcw, mxcsr: fpu.mxcsr, ..Default::default() };
+        let k = kvm_fpu {
+            fcw: fpu.fcw,
+            mxcsr: fpu.mxcsr,
+            ..Default::default()
+        };
         self.fd.set_fpu(&k).map_err(ioctl_err("KVM_SET_FPU"))
     }
 
     fn set_msrs(&mut self, msrs: &[MsrEntry]) -> Result<()> {
         let entries: Vec<kvm_msr_entry> = msrs
             .iter()
-            .map(|m| kvm_msr_entry { index: m.index, data: m.data, ..Default::default() })
+            .map(|m| kvm_msr_entry {
+                index: m.index,
+                data: m.data,
+                ..Default::default()
+            })
             .collect();
         let k = Msrs::from_entries(&entries).map_err(|_| HypervisorError::Ioctl {
             op: "KVM_SET_MSRS",
@@ -179,12 +211,17 @@ impl Vcpu for KvmVcpu {
             op: "KVM_SET_CPUID2",
             source: std::io::Error::from_raw_os_error(libc::E2BIG),
         })?;
-        self.fd.set_cpuid2(&cpuid).map_err(ioctl_err("KVM_SET_CPUID2"))
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(ioctl_err("KVM_SET_CPUID2"))
     }
 
     fn setup_local_apic(&mut self) -> Result<()> {
         let mut lapic = self.fd.get_lapic().map_err(ioctl_err("KVM_GET_LAPIC"))?;
-        for (offset, mode) in [(APIC_LVT_LINT0, APIC_DELIVERY_EXTINT), (APIC_LVT_LINT1, APIC_DELIVERY_NMI)] {
+        for (offset, mode) in [
+            (APIC_LVT_LINT0, APIC_DELIVERY_EXTINT),
+            (APIC_LVT_LINT1, APIC_DELIVERY_NMI),
+        ] {
             let reg = &mut lapic.regs[offset..offset + 4];
             let mut bytes = [0u8; 4];
             for (b, r) in bytes.iter_mut().zip(reg.iter()) {
@@ -196,7 +233,9 @@ impl Vcpu for KvmVcpu {
                 *r = b as _;
             }
         }
-        self.fd.set_lapic(&lapic).map_err(ioctl_err("KVM_SET_LAPIC"))
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(ioctl_err("KVM_SET_LAPIC"))
     }
 
     fn inject_external_interrupt(&mut self, vector: u8) -> Result<()> {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI,
-    KvmIrqRouting, kvm_enable_cap, kvm_irq_routing_entry, kvm_userspace_memory_region,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KvmIrqRouting,
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -27,13 +27,15 @@ pub struct KvmVm {
 impl KvmVm {
     pub(super) fn new(kvm: &Kvm, ops: Arc<dyn VmOps>) -> Result<Self> {
         let fd = kvm.create_vm().map_err(ioctl_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(TSS_ADDRESS).map_err(ioctl_err("KVM_SET_TSS_ADDR"))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(ioctl_err("KVM_SET_TSS_ADDR"))?;
         let split = kvm_enable_cap {
             cap: KVM_CAP_SPLIT_IRQCHIP,
             args: [IOAPIC_PINS, 0, 0, 0],
             ..Default::default()
         };
-        fd.enable_cap(&split).map_err(ioctl_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
+        fd.enable_cap(&split)
+            .map_err(ioctl_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
         // Without this capability an instruction KVM cannot emulate is reported without its
         // bytes; with it, the report names the instruction.
         if fd.check_extension_raw(KVM_CAP_EXIT_ON_EMULATION_FAILURE.into()) > 0 {
@@ -42,9 +44,14 @@ impl KvmVm {
                 args: [1, 0, 0, 0],
                 ..Default::default()
             };
-            fd.enable_cap(&cap).map_err(ioctl_err("KVM_ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)"))?;
+            fd.enable_cap(&cap)
+                .map_err(ioctl_err("KVM_ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)"))?;
         }
-        Ok(Self { fd: Arc::new(fd), ops, routes: Mutex::new(BTreeMap::new()) })
+        Ok(Self {
+            fd: Arc::new(fd),
+            ops,
+            routes: Mutex::new(BTreeMap::new()),
+        })
     }
 
     fn update_route(&self, gsi: u32, address: u64, data: u32) -> Result<()> {
@@ -67,11 +74,14 @@ impl KvmVm {
                 entry
             })
             .collect();
-        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| HypervisorError::Ioctl {
-            op: "KVM_SET_GSI_ROUTING",
-            source: std::io::Error::from_raw_os_error(libc::E2BIG),
-        })?;
-        self.fd.set_gsi_routing(&routing).map_err(ioctl_err("KVM_SET_GSI_ROUTING"))
+        let routing =
+            KvmIrqRouting::from_entries(&entries).map_err(|_| HypervisorError::Ioctl {
+                op: "KVM_SET_GSI_ROUTING",
+                source: std::io::Error::from_raw_os_error(libc::E2BIG),
+            })?;
+        self.fd
+            .set_gsi_routing(&routing)
+            .map_err(ioctl_err("KVM_SET_GSI_ROUTING"))
     }
 }
 
@@ -90,7 +100,10 @@ impl Vm for KvmVm {
     }
 
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
-        let fd = self.fd.create_vcpu(id.into()).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
+        let fd = self
+            .fd
+            .create_vcpu(id.into())
+            .map_err(ioctl_err("KVM_CREATE_VCPU"))?;
         Ok(Box::new(KvmVcpu::new(fd, self.ops.clone())))
     }
 
@@ -98,6 +111,8 @@ impl Vm for KvmVm {
         self.update_route(gsi, address, data)?;
         // KVM_IRQ_LINE on a GSI with an MSI route sends the message; a level of 0 is ignored for
         // MSI routes, so one call is one interrupt.
-        self.fd.set_irq_line(gsi, true).map_err(ioctl_err("KVM_IRQ_LINE"))
+        self.fd
+            .set_irq_line(gsi, true)
+            .map_err(ioctl_err("KVM_IRQ_LINE"))
     }
 }

@@ -17,7 +17,9 @@ pub struct Run {
 
 pub fn popek() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c
 }
 
@@ -40,13 +42,23 @@ pub fn run(args: &[&str], timeout: Duration) -> Run {
     loop {
         if let Some(status) = child.try_wait().expect("wait for popek") {
             let (stdout, stderr) = drain(&mut child);
-            return Run { status: status.code(), stdout, stderr, timed_out: false };
+            return Run {
+                status: status.code(),
+                stdout,
+                stderr,
+                timed_out: false,
+            };
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             let (stdout, stderr) = drain(&mut child);
-            return Run { status: None, stdout, stderr, timed_out: true };
+            return Run {
+                status: None,
+                stdout,
+                stderr,
+                timed_out: true,
+            };
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -62,7 +74,11 @@ pub fn boot(guest: &Path, extra: &[&str]) -> Run {
 
 /// Whether this host can run KVM guests at all; tests print why they skip otherwise.
 pub fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("skipped: /dev/kvm is not usable here ({e})");
