@@ -37,6 +37,11 @@ const GUESTS: &[Guest] = &[
         pvh: false,
     },
     Guest {
+        name: "status",
+        source: "status.rs",
+        pvh: true,
+    },
+    Guest {
         name: "memory-pvh",
         source: "memory.rs",
         pvh: true,
@@ -184,6 +189,7 @@ fn main() {
             .arg(format!("-Lcrate={}", work.display()))
             .args([
                 // GNU ld, not the bundled lld: "gcc is the linker" is part of the contract.
+                "-Cstrip=debuginfo",
                 "-Clinker-features=-lld",
                 "-Clink-arg=-nostartfiles",
                 "-Clink-arg=-static",

@@ -75,7 +75,9 @@ extern "C" fn user_main(job: u64) -> ! {
         while a < r.end {
             // SAFETY: `a` is a mapped RAM page outside the image. Assembly, not a Rust
             // pointer, because physical page 0 is a legitimate target here.
-            unsafe { asm!("mov qword ptr [{}], {}", in(reg) a, in(reg) pattern(a), options(nostack)) };
+            unsafe {
+                asm!("mov qword ptr [{}], {}", in(reg) a, in(reg) pattern(a), options(nostack))
+            };
             a += PAGE;
         }
     }
@@ -84,7 +86,9 @@ extern "C" fn user_main(job: u64) -> ! {
         while a < r.end {
             let value: u64;
             // SAFETY: as above.
-            unsafe { asm!("mov {}, qword ptr [{}]", out(reg) value, in(reg) a, options(nostack, readonly)) };
+            unsafe {
+                asm!("mov {}, qword ptr [{}]", out(reg) value, in(reg) a, options(nostack, readonly))
+            };
             if value != pattern(a) {
                 job.bad_address = a;
                 job.bad_value = value;
@@ -125,7 +129,11 @@ fn main(boot: &rt::BootInfo) -> u8 {
         add(start, end.min(image_start), job);
         add(start.max(image_end), end, job);
     }
-    if boot.e820.iter().any(|e| e.kind == E820_RAM && e.addr + e.size > limit) {
+    if boot
+        .e820
+        .iter()
+        .any(|e| e.kind == E820_RAM && e.addr + e.size > limit)
+    {
         say!("memory: RAM above ", MAX_GIB, " GiB is not tested");
     }
 
@@ -141,7 +149,8 @@ fn main(boot: &rt::BootInfo) -> u8 {
         let pds = PDS.get() as *mut u64;
         pml4.write_volatile(pdpt as u64 | USER_TABLE);
         for g in 0..gib {
-            pdpt.add(g).write_volatile(pds.add(512 * g) as u64 | USER_TABLE);
+            pdpt.add(g)
+                .write_volatile(pds.add(512 * g) as u64 | USER_TABLE);
             for i in 0..512 {
                 let address = (g as u64) << 30 | (i as u64) << 21;
                 pds.add(512 * g + i).write_volatile(address | USER_2M);
@@ -157,14 +166,24 @@ fn main(boot: &rt::BootInfo) -> u8 {
     let status = unsafe { gdt::enter_user(user_main, JOB.get() as u64, stack_top) };
     if status != 0 {
         say!(
-            "memory: mismatch at ", Hex(job.bad_address), ": read ", Hex(job.bad_value),
-            ", expected ", Hex(pattern(job.bad_address))
+            "memory: mismatch at ",
+            Hex(job.bad_address),
+            ": read ",
+            Hex(job.bad_value),
+            ", expected ",
+            Hex(pattern(job.bad_address))
         );
         return 1;
     }
     say!(
-        "memory: verified ", pages, " pages (", pages * PAGE >> 20, " MiB) in ", ram_ranges,
-        " ranges, highest address ", Hex(highest)
+        "memory: verified ",
+        pages,
+        " pages (",
+        pages * PAGE >> 20,
+        " MiB) in ",
+        ram_ranges,
+        " ranges, highest address ",
+        Hex(highest)
     );
     0
 }

@@ -73,7 +73,10 @@ fn main(boot: &rt::BootInfo) -> u8 {
 
     let mut wakeups = 0u32;
     loop {
-        let (p, l) = (PIT_TICKS.load(Ordering::Relaxed), LAPIC_TICKS.load(Ordering::Relaxed));
+        let (p, l) = (
+            PIT_TICKS.load(Ordering::Relaxed),
+            LAPIC_TICKS.load(Ordering::Relaxed),
+        );
         if (p >= WANTED && l >= WANTED) || p >= GIVE_UP || l >= GIVE_UP || wakeups >= 4 * GIVE_UP {
             break;
         }
@@ -85,7 +88,10 @@ fn main(boot: &rt::BootInfo) -> u8 {
         ioapic.mask(pin);
     }
 
-    let (p, l) = (PIT_TICKS.load(Ordering::Relaxed), LAPIC_TICKS.load(Ordering::Relaxed));
+    let (p, l) = (
+        PIT_TICKS.load(Ordering::Relaxed),
+        LAPIC_TICKS.load(Ordering::Relaxed),
+    );
     say!("timer: ", p, " pit ticks, ", l, " lapic ticks");
     if p >= WANTED && l >= WANTED { 0 } else { 1 }
 }

@@ -15,13 +15,15 @@ out=$(ls -td "$root"/target/debug/build/guests-*/out 2>/dev/null | head -1)
 [ -n "$out" ] || { echo "no built guests under $root/target; run cargo build -p guests" >&2; exit 2; }
 failed=0
 check() { # name machine smp mem expected-exit expected-line-prefix
-    local name=$1 machine=$2 smp=$3 mem=$4 want_rc=$5 want=$6 output rc
-    output=$(timeout 120 qemu-system-x86_64 -M "$machine" "${accel_args[@]}" -smp "$smp" -m "$mem" \
+    local name=$1 machine=$2 smp=$3 mem=$4 want_rc=$5 want=$6 log rc last
+    log=$(mktemp)
+    timeout 120 qemu-system-x86_64 -M "$machine" "${accel_args[@]}" -smp "$smp" -m "$mem" \
         -nographic -no-reboot -serial stdio -monitor none \
-        -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$out/$name" 2>/dev/null | tr -d '\r')
+        -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$out/$name" >"$log" 2>/dev/null
     rc=$?
-    local last
-    last=$(printf '%s\n' "$output" | grep -a . | tail -1 | sed 's/.*Booting from ROM\.\.//')
+    # SeaBIOS (q35) prints its banner on the same serial port, without a newline before ours.
+    last=$(tr -d '\r' <"$log" | grep -a . | tail -1 | sed 's/.*Booting from ROM\.\.//')
+    rm -f "$log"
     if [ "$rc" = "$want_rc" ] && [[ "$last" == "$want"* ]]; then
         echo "ok    $name ($machine, -smp $smp, -m $mem): $last"
     else

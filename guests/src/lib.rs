@@ -36,11 +36,13 @@ pub enum Guest {
     Reset,
     /// Handles an `int3` at CPL 0; prints `int3: breakpoint handled`.
     Int3,
+    /// Exits with the status given as `status=N` on its command line.
+    Status,
 }
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 7] = [
+    pub const ALL: [Guest; 8] = [
         Guest::Hello,
         Guest::Smp,
         Guest::Timer,
@@ -48,6 +50,7 @@ impl Guest {
         Guest::MemoryPvh,
         Guest::Reset,
         Guest::Int3,
+        Guest::Status,
     ];
 
     /// The guest's name, which is also its file name.
@@ -60,6 +63,7 @@ impl Guest {
             Guest::MemoryPvh => "memory-pvh",
             Guest::Reset => "reset",
             Guest::Int3 => "int3",
+            Guest::Status => "status",
         }
     }
 
@@ -73,6 +77,7 @@ impl Guest {
             Guest::MemoryPvh => MEMORY_PVH,
             Guest::Reset => RESET,
             Guest::Int3 => INT3,
+            Guest::Status => STATUS,
         })
     }
 

@@ -139,3 +139,16 @@ fn int3_at_cpl0_is_handled_or_reported_as_an_emulation_failure() {
         }
     }
 }
+
+#[test]
+fn debug_exit_status_becomes_the_exit_status() {
+    if !kvm_usable() {
+        return;
+    }
+    for status in ["0", "7", "200"] {
+        let cmdline = format!("status={status}");
+        let r = boot(Guest::Status.path(), &["--cmdline", &cmdline]);
+        assert_eq!(r.stdout, format!("status: exiting with {status}\n"), "stderr: {}", r.stderr);
+        assert_eq!(r.status, Some(status.parse().unwrap()), "stderr: {}", r.stderr);
+    }
+}

@@ -220,8 +220,16 @@ extern "C" fn rt_isr_dispatch(frame: &mut Frame) {
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
     use crate::serial::Hex;
     crate::say!(
-        "unexpected vector ", frame.vector, " at rip ", Hex(frame.rip), " (cs ", Hex(frame.cs),
-        "), error code ", Hex(frame.error_code), ", cr2 ", Hex(cr2)
+        "unexpected vector ",
+        frame.vector,
+        " at rip ",
+        Hex(frame.rip),
+        " (cs ",
+        Hex(frame.cs),
+        "), error code ",
+        Hex(frame.error_code),
+        ", cr2 ",
+        Hex(cr2)
     );
     crate::exit(3)
 }

@@ -41,4 +41,3 @@ pub fn start_periodic(hz: u32) {
     outb(0x40, divisor as u8);
     outb(0x40, (divisor >> 8) as u8);
 }
-

@@ -70,7 +70,11 @@ impl Show for Hex {
             let nibble = ((self.0 >> (4 * shift)) & 0xf) as u8;
             if nibble != 0 || started || shift == 0 {
                 started = true;
-                digits[n] = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+                digits[n] = if nibble < 10 {
+                    b'0' + nibble
+                } else {
+                    b'a' + nibble - 10
+                };
                 n += 1;
             }
         }

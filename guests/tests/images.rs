@@ -1,0 +1,84 @@
+//! The built guest images are what the machine contract says: x86-64 executables loaded at
+//! 1 MiB, entered at an address inside their image, with the Xen PVH note on all but `memory`.
+
+use guests::Guest;
+use guests::elf::{self, PT_LOAD};
+
+const LOAD_ADDRESS: u64 = 0x10_0000;
+
+fn summary(guest: Guest) -> elf::ElfSummary {
+    let path = guest.path();
+    let data = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{} ({}) is not readable: {e}", guest.name(), path.display()));
+    elf::inspect(&data).unwrap_or_else(|e| panic!("{}: {e}", guest.name()))
+}
+
+fn inside_image(summary: &elf::ElfSummary, address: u64) -> bool {
+    summary
+        .segments
+        .iter()
+        .filter(|s| s.kind == PT_LOAD)
+        .any(|s| (s.paddr..s.paddr + s.file_size).contains(&address))
+}
+
+#[test]
+fn every_guest_is_an_x86_64_executable_loaded_at_1_mib() {
+    for guest in Guest::ALL {
+        let summary = summary(guest);
+        assert_eq!(summary.kind, 2, "{} is not ET_EXEC", guest.name());
+        let loads: Vec<_> = summary
+            .segments
+            .iter()
+            .filter(|s| s.kind == PT_LOAD)
+            .collect();
+        assert!(!loads.is_empty(), "{} has no PT_LOAD", guest.name());
+        assert_eq!(
+            loads.iter().map(|s| s.paddr).min(),
+            Some(LOAD_ADDRESS),
+            "{} does not load at 1 MiB",
+            guest.name()
+        );
+        assert!(
+            inside_image(&summary, summary.entry),
+            "{}: e_entry {:#x} is outside the image",
+            guest.name(),
+            summary.entry
+        );
+    }
+}
+
+#[test]
+fn pvh_note_is_present_on_all_guests_but_memory() {
+    for guest in Guest::ALL {
+        let summary = summary(guest);
+        match summary.pvh_entry {
+            Some(entry) => {
+                assert!(
+                    guest.has_pvh_note(),
+                    "{} must not carry a PVH note",
+                    guest.name()
+                );
+                assert!(
+                    entry < 1 << 32 && inside_image(&summary, entry),
+                    "{}: PVH entry {entry:#x} is outside the image",
+                    guest.name()
+                );
+                assert_ne!(
+                    entry,
+                    summary.entry,
+                    "{}: PVH and 64-bit entries",
+                    guest.name()
+                );
+            }
+            None => assert!(!guest.has_pvh_note(), "{} lacks the PVH note", guest.name()),
+        }
+    }
+}
+
+#[test]
+fn guests_are_found_by_name() {
+    assert_eq!(guests::path("hello"), Some(Guest::Hello.path()));
+    assert_eq!(guests::path("memory-pvh"), Some(Guest::MemoryPvh.path()));
+    assert_eq!(guests::path("no-such-guest"), None);
+    assert_eq!(Guest::Hello.path().to_str(), Some(guests::HELLO));
+}
