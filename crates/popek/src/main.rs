@@ -76,10 +76,32 @@ fn progress(step: &str) {
     eprintln!("popek: {step}");
 }
 
+/// Finds or assembles the default guest. On a fresh host apt may have no package lists yet: as
+/// root, popek fetches them (that is what the user would do next); otherwise the error says how.
+fn ensure_default_guest() -> anyhow::Result<guest_image::DefaultGuest> {
+    use guest_image::{Error, apt};
+    match guest_image::ensure_default_guest(&mut progress) {
+        Err(Error::Apt(apt::Error::ListsMissing { .. })) if is_root() => {
+            progress("apt has no package lists yet: running apt-get update");
+            let status = std::process::Command::new("apt-get")
+                .args(["update", "-qq"])
+                .status()
+                .context("Cannot run apt-get update")?;
+            anyhow::ensure!(status.success(), "apt-get update failed ({status})");
+            Ok(guest_image::ensure_default_guest(&mut progress)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// What `popek run` boots when no kernel is given.
 fn default_guest(args: &mut RunArgs) -> anyhow::Result<()> {
-    let guest = guest_image::ensure_default_guest(&mut progress)
-        .context("Cannot assemble the default guest")?;
+    let guest = ensure_default_guest().context("Cannot assemble the default guest")?;
     args.kernel = Some(guest.vmlinux);
     if args.initrd.is_none() {
         args.initrd = Some(guest.initramfs);

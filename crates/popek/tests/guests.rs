@@ -148,7 +148,17 @@ fn debug_exit_status_becomes_the_exit_status() {
     for status in ["0", "7", "200"] {
         let cmdline = format!("status={status}");
         let r = boot(Guest::Status.path(), &["--cmdline", &cmdline]);
-        assert_eq!(r.stdout, format!("status: exiting with {status}\n"), "stderr: {}", r.stderr);
-        assert_eq!(r.status, Some(status.parse().unwrap()), "stderr: {}", r.stderr);
+        assert_eq!(
+            r.stdout,
+            format!("status: exiting with {status}\n"),
+            "stderr: {}",
+            r.stderr
+        );
+        assert_eq!(
+            r.status,
+            Some(status.parse().unwrap()),
+            "stderr: {}",
+            r.stderr
+        );
     }
 }
