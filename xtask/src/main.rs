@@ -9,7 +9,7 @@ mod host;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <guest | test [cargo test args...] | bench <startup>>";
+const USAGE: &str = "usage: cargo xtask <guest | test [TESTNAME] | bench <startup>>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,9 +35,11 @@ fn main() -> anyhow::Result<()> {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     host::ensure_apt_lists()?;
     host::default_guest()?;
+    // --show-output prints what passing tests said: the reasons of the ones that skip.
     let status = std::process::Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra)
+        .args(["--", "--show-output"])
         .status()
         .context("cannot run cargo test")?;
     if !status.success() {
