@@ -1,0 +1,261 @@
+//! The interpreter loop: fetch through the MMU, decode with iced-x86, dispatch by instruction
+//! family, deliver what faults.
+//!
+//! Each family lives in its own file and exposes `execute(cpu, bus, insn) -> Option<ExecResult>`
+//! that returns `None` for instructions it does not handle; [`execute`] tries them in turn.
+
+mod alu;
+mod basic;
+mod operand;
+mod sse;
+mod string;
+mod system;
+mod x87;
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+
+use crate::bus::CpuBus;
+use crate::fault::Fault;
+use crate::mmu::{Access, Privilege, Tlb, translate};
+use crate::state::{CpuState, SegReg};
+
+/// What happens after an instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Continue at the next instruction.
+    Next,
+    /// RIP was set by the instruction.
+    Jump,
+    /// The instruction is not finished (a long `rep` string operation): run it again.
+    Repeat,
+    /// `hlt`: wait for an interrupt, then continue at the next instruction.
+    Halt,
+}
+
+/// Why an instruction did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// An exception to deliver.
+    Fault(Fault),
+    /// The interpreter does not implement this instruction.
+    Unimplemented,
+    /// The CPU shut down (triple fault).
+    Shutdown,
+}
+
+impl From<Fault> for Stop {
+    fn from(f: Fault) -> Self {
+        Stop::Fault(f)
+    }
+}
+
+/// Result of executing one instruction.
+pub(crate) type ExecResult = Result<Flow, Stop>;
+
+/// An instruction the interpreter does not implement: the VM must stop with this report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unimplemented {
+    /// RIP of the instruction.
+    pub rip: u64,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Its mnemonic and operands, in Intel syntax.
+    pub text: String,
+}
+
+impl std::fmt::Display for Unimplemented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unimplemented instruction `{}` at RIP {:#x}, bytes",
+            self.text, self.rip
+        )?;
+        for b in &self.bytes {
+            write!(f, " {b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Cpu::step`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepExit {
+    /// An instruction completed (or faulted and its exception was delivered).
+    Continue,
+    /// The CPU is halted until an interrupt.
+    Halted,
+    /// A triple fault: the machine resets.
+    Shutdown,
+    /// The instruction at RIP is not implemented.
+    Unimplemented(Unimplemented),
+}
+
+/// A software CPU: architectural state plus the caches that speed it up.
+pub struct Cpu {
+    /// The architectural state.
+    pub state: CpuState,
+    pub(crate) tlb: Tlb,
+    /// Instructions retired, for a deterministic clock.
+    pub instructions: u64,
+}
+
+impl Cpu {
+    /// A CPU in the given state.
+    pub fn new(state: CpuState) -> Self {
+        Cpu {
+            state,
+            tlb: Tlb::default(),
+            instructions: 0,
+        }
+    }
+
+    /// Forgets cached translations; call after changing paging state from outside.
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush(false);
+    }
+
+    /// Fetches and decodes the instruction at CS:RIP.
+    fn fetch(&mut self, bus: &mut dyn CpuBus) -> Result<(Instruction, [u8; 15], usize), Fault> {
+        let rip = self.state.rip;
+        let cs_base = if self.state.code64() {
+            0
+        } else {
+            self.state.seg(SegReg::Cs).base
+        };
+        let linear = cs_base.wrapping_add(rip);
+        let mut bytes = [0u8; 15];
+        let first = (0x1000 - (linear & 0xfff) as usize).min(15);
+        let pa = translate(
+            &self.state,
+            &mut self.tlb,
+            bus,
+            linear,
+            Access::Fetch,
+            Privilege::Current,
+        )?;
+        crate::mmu::read_phys(bus, pa, &mut bytes[..first]);
+        let mut avail = first;
+        let mut second_fault = None;
+        if first < 15 {
+            match translate(
+                &self.state,
+                &mut self.tlb,
+                bus,
+                linear.wrapping_add(first as u64),
+                Access::Fetch,
+                Privilege::Current,
+            ) {
+                Ok(pa2) => {
+                    crate::mmu::read_phys(bus, pa2, &mut bytes[first..]);
+                    avail = 15;
+                }
+                Err(f) => second_fault = Some(f),
+            }
+        }
+        let mut decoder = Decoder::with_ip(
+            self.state.code_bits(),
+            &bytes[..avail],
+            rip,
+            DecoderOptions::NONE,
+        );
+        let insn = decoder.decode();
+        if decoder.last_error() == DecoderError::NoMoreBytes
+            && let Some(f) = second_fault
+        {
+            return Err(f);
+        }
+        Ok((insn, bytes, avail))
+    }
+
+    /// Executes one instruction (or delivers one exception).
+    pub fn step(&mut self, bus: &mut dyn CpuBus) -> StepExit {
+        if self.state.halted {
+            return StepExit::Halted;
+        }
+        let (insn, bytes, avail) = match self.fetch(bus) {
+            Ok(x) => x,
+            Err(fault) => return self.raise(bus, fault),
+        };
+        if insn.is_invalid() {
+            return self.raise(bus, Fault::ud());
+        }
+        let shadow = self.state.interrupt_shadow;
+        let result = execute(self, bus, &insn);
+        if shadow {
+            self.state.interrupt_shadow = false;
+        }
+        match result {
+            Ok(Flow::Next) => {
+                self.state.rip = self.mask_ip(insn.next_ip());
+                self.instructions += 1;
+                StepExit::Continue
+            }
+            Ok(Flow::Jump) => {
+                self.instructions += 1;
+                StepExit::Continue
+            }
+            Ok(Flow::Repeat) => StepExit::Continue,
+            Ok(Flow::Halt) => {
+                self.state.rip = self.mask_ip(insn.next_ip());
+                self.instructions += 1;
+                self.state.halted = true;
+                StepExit::Halted
+            }
+            Err(Stop::Fault(fault)) => self.raise(bus, fault),
+            Err(Stop::Shutdown) => StepExit::Shutdown,
+            Err(Stop::Unimplemented) => StepExit::Unimplemented(Unimplemented {
+                rip: self.state.rip,
+                bytes: bytes[..insn.len().min(avail)].to_vec(),
+                text: format_insn(&insn),
+            }),
+        }
+    }
+
+    /// Delivers `fault` through the IDT; a fault during delivery escalates as the CPU does.
+    fn raise(&mut self, bus: &mut dyn CpuBus, fault: Fault) -> StepExit {
+        match crate::interrupt::deliver_exception(self, bus, fault) {
+            Ok(()) => StepExit::Continue,
+            Err(Stop::Shutdown) => StepExit::Shutdown,
+            Err(Stop::Unimplemented) => StepExit::Unimplemented(Unimplemented {
+                rip: self.state.rip,
+                bytes: vec![],
+                text: format!("delivery of exception {:?}", fault.exception),
+            }),
+            Err(Stop::Fault(_)) => StepExit::Shutdown,
+        }
+    }
+
+    /// Masks an instruction pointer to the current code size.
+    pub(crate) fn mask_ip(&self, ip: u64) -> u64 {
+        match self.state.code_bits() {
+            64 => ip,
+            32 => ip & 0xffff_ffff,
+            _ => ip & 0xffff,
+        }
+    }
+}
+
+fn format_insn(insn: &Instruction) -> String {
+    use iced_x86::{Formatter, IntelFormatter};
+    let mut out = String::new();
+    IntelFormatter::new().format(insn, &mut out);
+    out
+}
+
+/// Executes `insn` by trying each instruction family in turn.
+pub(crate) fn execute(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
+    let families: [fn(&mut Cpu, &mut dyn CpuBus, &Instruction) -> Option<ExecResult>; 6] = [
+        basic::execute,
+        alu::execute,
+        string::execute,
+        system::execute,
+        sse::execute,
+        x87::execute,
+    ];
+    for family in families {
+        if let Some(r) = family(cpu, bus, insn) {
+            return r;
+        }
+    }
+    Err(Stop::Unimplemented)
+}

@@ -1,0 +1,15 @@
+//! String instructions (movs, stos, lods, cmps, scas, ins, outs) with rep prefixes and every address size.
+
+use iced_x86::Instruction;
+
+use super::{Cpu, ExecResult};
+use crate::bus::CpuBus;
+
+/// Executes `insn` if it belongs to this family; `None` otherwise.
+pub(crate) fn execute(
+    _cpu: &mut Cpu,
+    _bus: &mut dyn CpuBus,
+    _insn: &Instruction,
+) -> Option<ExecResult> {
+    None
+}
