@@ -7,7 +7,8 @@ use crate::CpuMode;
 /// work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// A port or MMIO access was handled through [`crate::VmOps`].
+    /// The engine handled the exit itself: a port or MMIO access through [`crate::VmOps`], or an
+    /// instruction it emulated. The VMM looks at pending work and runs the vCPU again.
     Io,
     /// The guest executed `hlt` and the engine does not wait for interrupts itself.
     Halt,
@@ -39,6 +40,8 @@ pub struct EmulationFailure {
     pub linear_rip: u64,
     /// The instruction bytes, when the engine provides them.
     pub bytes: Vec<u8>,
+    /// The instruction in Intel syntax, when it could be decoded.
+    pub text: Option<String>,
     /// The CPU mode at the time.
     pub mode: CpuMode,
 }
@@ -50,6 +53,9 @@ impl std::fmt::Display for EmulationFailure {
             "emulation failure at RIP {:#x} ({}): ",
             self.rip, self.mode
         )?;
+        if let Some(text) = &self.text {
+            write!(f, "`{text}`, ")?;
+        }
         if self.bytes.is_empty() {
             write!(f, "instruction bytes unavailable")
         } else {
@@ -72,12 +78,23 @@ mod tests {
             rip: 0xffff_ffff_8100_0000,
             linear_rip: 0xffff_ffff_8100_0000,
             bytes: vec![0xcc],
+            text: None,
             mode: CpuMode::Long { cpl: 0 },
         };
         assert_eq!(
             failure.to_string(),
             "emulation failure at RIP 0xffffffff81000000 (64-bit long mode, CPL 0): \
              instruction bytes cc"
+        );
+        let named = EmulationFailure {
+            text: Some("vzeroupper".into()),
+            bytes: vec![0xc5, 0xf8, 0x77],
+            ..failure
+        };
+        assert_eq!(
+            named.to_string(),
+            "emulation failure at RIP 0xffffffff81000000 (64-bit long mode, CPL 0): `vzeroupper`, \
+             instruction bytes c5 f8 77"
         );
     }
 }

@@ -146,6 +146,17 @@ pub trait Vcpu: Send {
     fn interrupt_window_open(&mut self) -> bool;
     /// A handle that other threads use to make [`Vcpu::run`] return [`VmExit::Interrupted`].
     fn kicker(&self) -> Arc<dyn VcpuKicker>;
+    /// The vCPU's counters.
+    fn stats(&self) -> Arc<VcpuStats> {
+        Arc::new(VcpuStats::default())
+    }
+}
+
+/// Counters of one vCPU, readable from any thread.
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    /// Instructions the engine could not execute and popek's software CPU executed instead.
+    pub emulated_instructions: std::sync::atomic::AtomicU64,
 }
 
 /// Makes a vCPU leave guest mode from another thread.

@@ -6,6 +6,7 @@
 //! 5 ms for the full in-kernel irqchip and 21 ms more for the in-kernel PIT.
 
 mod convert;
+mod fallback;
 mod kick;
 mod vcpu;
 mod vm;

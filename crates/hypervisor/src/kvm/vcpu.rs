@@ -1,6 +1,7 @@
 //! A KVM vCPU.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use kvm_bindings::{
     CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
@@ -12,11 +13,12 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
 
 use super::convert::{cpuid_to_kvm, regs_from_kvm, regs_to_kvm, sregs_from_kvm, sregs_into_kvm};
+use super::fallback::{self, Outcome};
 use super::ioctl_err;
 use super::kick::{self, Kicker};
 use crate::{
-    CpuMode, CpuidEntry, EmulationFailure, FpuState, HypervisorError, MsrEntry, Result,
-    SpecialRegisters, StandardRegisters, Vcpu, VcpuKicker, VmExit, VmOps,
+    CpuMode, CpuidEntry, EmulationFailure, FpuState, HypervisorError, MemoryRegion, MsrEntry,
+    Result, SpecialRegisters, StandardRegisters, Vcpu, VcpuKicker, VcpuStats, VmExit, VmOps,
 };
 
 // kvm-ioctls has no wrapper for KVM_INTERRUPT, which the split irqchip needs to inject the
@@ -40,14 +42,53 @@ pub struct KvmVcpu {
     fd: VcpuFd,
     ops: Arc<dyn VmOps>,
     kicker: Arc<Kicker>,
+    /// Guest RAM, for the software CPU's fallback.
+    regions: Arc<RwLock<Vec<MemoryRegion>>>,
+    /// The CPUID given to KVM, which the fallback presents too.
+    cpuid: Vec<CpuidEntry>,
+    stats: Arc<VcpuStats>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, ops: Arc<dyn VmOps>) -> Self {
+    pub(super) fn new(
+        fd: VcpuFd,
+        ops: Arc<dyn VmOps>,
+        regions: Arc<RwLock<Vec<MemoryRegion>>>,
+    ) -> Self {
         Self {
             fd,
             ops,
             kicker: Arc::new(Kicker::default()),
+            regions,
+            cpuid: Vec::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Runs the instruction KVM could not in the software CPU. Returns the exit to report.
+    fn fall_back(&mut self, failure: EmulationFailure) -> Result<VmExit> {
+        let regions = self
+            .regions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match fallback::emulate_one(&self.fd, &regions, &self.ops, &self.cpuid)? {
+            Outcome::Done => {
+                self.stats
+                    .emulated_instructions
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(VmExit::Io)
+            }
+            Outcome::Shutdown => Ok(VmExit::Shutdown),
+            Outcome::Unimplemented(u) => Ok(VmExit::EmulationFailure(EmulationFailure {
+                text: Some(u.text),
+                bytes: if u.bytes.is_empty() {
+                    failure.bytes.clone()
+                } else {
+                    u.bytes
+                },
+                ..failure
+            })),
         }
     }
 
@@ -80,12 +121,14 @@ impl KvmVcpu {
         };
         let regs = self.regs()?;
         let sregs = self.sregs()?;
-        Ok(VmExit::EmulationFailure(EmulationFailure {
+        let failure = EmulationFailure {
             rip: regs.rip,
             linear_rip: sregs.cs.base.wrapping_add(regs.rip),
             bytes,
+            text: None,
             mode: CpuMode::from_state(&sregs, regs.rflags),
-        }))
+        };
+        self.fall_back(failure)
     }
 }
 
@@ -213,7 +256,9 @@ impl Vcpu for KvmVcpu {
         })?;
         self.fd
             .set_cpuid2(&cpuid)
-            .map_err(ioctl_err("KVM_SET_CPUID2"))
+            .map_err(ioctl_err("KVM_SET_CPUID2"))?;
+        self.cpuid = entries.to_vec();
+        Ok(())
     }
 
     fn setup_local_apic(&mut self) -> Result<()> {
@@ -262,5 +307,9 @@ impl Vcpu for KvmVcpu {
 
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
         self.kicker.clone()
+    }
+
+    fn stats(&self) -> Arc<VcpuStats> {
+        self.stats.clone()
     }
 }

@@ -1,7 +1,7 @@
 //! A KVM virtual machine.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{
     KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KvmIrqRouting,
@@ -22,6 +22,8 @@ pub struct KvmVm {
     ops: Arc<dyn VmOps>,
     /// MSI route of each IOAPIC pin, as last given to `KVM_SET_GSI_ROUTING`.
     routes: Mutex<BTreeMap<u32, (u64, u32)>>,
+    /// Guest RAM, for the software CPU's fallback.
+    regions: Arc<RwLock<Vec<MemoryRegion>>>,
 }
 
 impl KvmVm {
@@ -51,6 +53,7 @@ impl KvmVm {
             fd: Arc::new(fd),
             ops,
             routes: Mutex::new(BTreeMap::new()),
+            regions: Arc::default(),
         })
     }
 
@@ -96,7 +99,12 @@ impl Vm for KvmVm {
         };
         // SAFETY: the caller guarantees the host range is mapped and outlives the VM.
         unsafe { self.fd.set_user_memory_region(mem) }
-            .map_err(ioctl_err("KVM_SET_USER_MEMORY_REGION"))
+            .map_err(ioctl_err("KVM_SET_USER_MEMORY_REGION"))?;
+        self.regions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(region);
+        Ok(())
     }
 
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
@@ -104,7 +112,11 @@ impl Vm for KvmVm {
             .fd
             .create_vcpu(id.into())
             .map_err(ioctl_err("KVM_CREATE_VCPU"))?;
-        Ok(Box::new(KvmVcpu::new(fd, self.ops.clone())))
+        Ok(Box::new(KvmVcpu::new(
+            fd,
+            self.ops.clone(),
+            self.regions.clone(),
+        )))
     }
 
     fn signal_msi(&self, gsi: u32, address: u64, data: u32) -> Result<()> {
