@@ -37,6 +37,11 @@ const GUESTS: &[Guest] = &[
         pvh: false,
     },
     Guest {
+        name: "cpuloop",
+        source: "cpuloop.rs",
+        pvh: true,
+    },
+    Guest {
         name: "status",
         source: "status.rs",
         pvh: true,

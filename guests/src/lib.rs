@@ -38,11 +38,14 @@ pub enum Guest {
     Int3,
     /// Exits with the status given as `status=N` on its command line.
     Status,
+    /// Runs a counted integer (`mode=int`) or memory (`mode=mem`) loop of `n=N` iterations: the
+    /// CPU benchmark's guest.
+    CpuLoop,
 }
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 8] = [
+    pub const ALL: [Guest; 9] = [
         Guest::Hello,
         Guest::Smp,
         Guest::Timer,
@@ -51,6 +54,7 @@ impl Guest {
         Guest::Reset,
         Guest::Int3,
         Guest::Status,
+        Guest::CpuLoop,
     ];
 
     /// The guest's name, which is also its file name.
@@ -64,6 +68,7 @@ impl Guest {
             Guest::Reset => "reset",
             Guest::Int3 => "int3",
             Guest::Status => "status",
+            Guest::CpuLoop => "cpuloop",
         }
     }
 
@@ -78,6 +83,7 @@ impl Guest {
             Guest::Reset => RESET,
             Guest::Int3 => INT3,
             Guest::Status => STATUS,
+            Guest::CpuLoop => CPULOOP,
         })
     }
 

@@ -9,7 +9,8 @@ mod host;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <guest | test [TESTNAME] | bench <startup>>";
+const USAGE: &str =
+    "usage: cargo xtask <guest | test [TESTNAME] | bench <startup | cpu | linux-boot>>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +24,8 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("startup") => bench::startup::run(),
+            Some("cpu") => bench::cpu::run(),
+            Some("linux-boot") => bench::linux_boot::run(),
             Some(other) => bail!("unknown benchmark '{other}'\n{USAGE}"),
             None => bail!("which benchmark?\n{USAGE}"),
         },

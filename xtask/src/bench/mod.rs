@@ -3,6 +3,8 @@
 //! Every benchmark ends with one machine-readable line per figure:
 //! `bench NAME METRIC VALUE UNIT`.
 
+pub mod cpu;
+pub mod linux_boot;
 pub mod startup;
 
 use std::process::{Command, Stdio};
@@ -68,4 +70,37 @@ pub fn median<T: Copy + Ord>(values: &mut [T]) -> T {
 /// Prints one machine-readable figure.
 pub fn figure(bench: &str, metric: &str, value: f64, unit: &str) {
     println!("bench {bench} {metric} {value:.3} {unit}");
+}
+
+/// Starts `cmd` and returns how long it took until a line of its stdout contains `marker`
+/// (then kills it), or `None` if it exited or `timeout` passed first.
+pub fn time_to_line(
+    cmd: &mut Command,
+    marker: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    use std::io::BufRead;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(&marker) {
+                let _ = tx.send(Instant::now());
+                break;
+            }
+        }
+    });
+    let seen = rx.recv_timeout(timeout).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(seen.map(|t| t - start))
 }

@@ -14,7 +14,7 @@ const RUNS: usize = 41;
 const SETTLE: Duration = Duration::from_millis(100);
 const HELLO_LINE: &str = "Hello from the popek hello guest!";
 
-fn popek_binary() -> anyhow::Result<PathBuf> {
+pub fn popek_binary() -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "--quiet", "-p", "popek"])
         .status()
