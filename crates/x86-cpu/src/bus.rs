@@ -1,5 +1,7 @@
 //! What the CPU needs from the machine around it.
 
+use std::sync::atomic::AtomicU8;
+
 /// The machine as the CPU sees it: physical memory, I/O ports, CPUID, and the MSRs that belong to
 /// other devices (the local APIC's, say).
 pub trait CpuBus {
@@ -22,4 +24,18 @@ pub trait CpuBus {
     fn wrmsr(&mut self, msr: u32, value: u64) -> bool;
     /// The time-stamp counter before the guest's offset.
     fn tsc(&mut self) -> u64;
+
+    /// Guest RAM holding `[gpa, gpa + len)` as atomic bytes, or `None` if any of it is not RAM.
+    ///
+    /// Locked read-modify-write instructions use this to run a host compare-exchange on guest
+    /// memory, so that they stay atomic against other vCPUs running natively on the same RAM.
+    /// The default views [`CpuBus::ram`]'s slice, which is right when that slice is the guest's
+    /// RAM itself (a shared mapping); a bus that hands out copies must override this.
+    fn ram_atomic(&mut self, gpa: u64, len: usize) -> Option<&[AtomicU8]> {
+        let ram = self.ram(gpa, len)?;
+        // SAFETY: `AtomicU8` has the size, alignment and bit validity of `u8`, and the exclusive
+        // borrow of `ram` is what the returned shared borrow is derived from, so no other
+        // reference to these bytes is usable while it lives.
+        Some(unsafe { &*(ram as *mut [u8] as *const [AtomicU8]) })
+    }
 }

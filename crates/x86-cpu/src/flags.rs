@@ -23,7 +23,7 @@ pub(crate) const fn sign_extend(v: u64, size: u32) -> u64 {
 }
 
 fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

@@ -9,7 +9,9 @@
 //!
 //! Layout: [`state`] (architectural registers), [`bus`] (the outside world), [`fault`]
 //! (exceptions as values), `mmu` (segmentation and paging, with a TLB), `exec/` (one file per
-//! instruction family), `interrupt` (exception and interrupt delivery through the IDT).
+//! instruction family), `interrupt` (exception and interrupt delivery through the IDT, and the
+//! CPU's event inputs: [`Cpu::inject_interrupt`], [`Cpu::inject_nmi`], [`Cpu::reset`],
+//! [`Cpu::init`], [`Cpu::sipi`]).
 
 pub mod bus;
 mod exec;

@@ -53,17 +53,23 @@ struct TlbEntry {
     /// The leaf's dirty bit is already set.
     dirty: bool,
     global: bool,
+    /// The offset mask of the large page this 4 KiB slice belongs to (0 for a 4 KiB page).
+    large_mask: u64,
 }
 
 /// The translation cache.
 pub(crate) struct Tlb {
     entries: Box<[TlbEntry; TLB_SIZE]>,
+    /// Some entry may hold a slice of a large page, so `flush_page` must look further than one
+    /// slot.
+    has_large: bool,
 }
 
 impl Default for Tlb {
     fn default() -> Self {
         Tlb {
             entries: Box::new([TlbEntry::default(); TLB_SIZE]),
+            has_large: false,
         }
     }
 }
@@ -76,14 +82,28 @@ impl Tlb {
                 e.tag = 0;
             }
         }
+        if !keep_global {
+            self.has_large = false;
+        }
     }
 
-    /// Drops the translation of the page holding `linear`.
+    /// Drops the translation of the page holding `linear`, and every cached part of the large
+    /// page holding it (`invlpg` on a large page invalidates all of it).
     pub(crate) fn flush_page(&mut self, linear: u64) {
         let vpn = linear >> 12;
         let e = &mut self.entries[(vpn as usize) % TLB_SIZE];
         if e.tag == vpn + 1 {
             e.tag = 0;
+        }
+        if self.has_large {
+            for e in self.entries.iter_mut() {
+                if e.tag != 0 && e.large_mask != 0 {
+                    let page = (e.tag - 1) << 12;
+                    if page & !e.large_mask == linear & !e.large_mask {
+                        e.tag = 0;
+                    }
+                }
+            }
         }
     }
 }
@@ -252,6 +272,7 @@ pub(crate) fn translate(
             nx: w.nx,
             dirty: access == Access::Write,
             global: w.global,
+            large_mask: if w.page_mask > 0xfff { w.page_mask } else { 0 },
         };
         // Permission checks before the accessed/dirty update: a faulting access sets neither.
         check(state, &e, access, user_access, linear)?;
@@ -261,6 +282,7 @@ pub(crate) fn translate(
             PTE_A
         };
         set_entry_bits(bus, w.leaf_gpa, w.leaf, set, w.wide);
+        tlb.has_large |= e.large_mask != 0;
         tlb.entries[slot] = TlbEntry {
             dirty: w.leaf & PTE_D != 0 || access == Access::Write,
             ..e

@@ -88,6 +88,49 @@ impl Default for X87 {
     }
 }
 
+impl X87 {
+    /// TOP: the physical register that is ST(0).
+    pub fn top(&self) -> usize {
+        usize::from((self.fsw >> 11) & 7)
+    }
+
+    /// The abridged tag word FXSAVE stores: bit i set when physical register i is not empty.
+    pub fn abridged_tag(&self) -> u8 {
+        (0..8).fold(0, |acc, i| {
+            if (self.ftw >> (2 * i)) & 3 == 3 {
+                acc
+            } else {
+                acc | (1 << i)
+            }
+        })
+    }
+
+    /// The full tag word for an abridged one, classifying the registers' contents.
+    pub fn tag_from_abridged(&self, abridged: u8) -> u16 {
+        (0..8).fold(0, |acc, i| {
+            let tag = if abridged & (1 << i) == 0 {
+                3
+            } else {
+                Self::tag_of(self.regs[i])
+            };
+            acc | (tag << (2 * i))
+        })
+    }
+
+    /// The tag a non-empty register holding `v` carries: 0 valid, 1 zero, 2 special (NaN,
+    /// infinity, denormal or an unsupported encoding).
+    pub fn tag_of(v: u128) -> u16 {
+        let exp = (v >> 64) & 0x7fff;
+        let mant = v as u64;
+        match exp {
+            0 if mant == 0 => 1,
+            0 | 0x7fff => 2,
+            _ if mant >> 63 == 0 => 2,
+            _ => 0,
+        }
+    }
+}
+
 /// MSRs the CPU implements itself.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,9 +147,18 @@ pub struct Msrs {
     pub pat: u64,
     pub misc_enable: u64,
     pub mtrr_def_type: u64,
+    /// Fixed-range MTRRs, in the order of [`MTRR_FIXED`].
+    pub mtrr_fixed: [u64; 11],
+    /// Variable-range MTRRs: PHYSBASE0, PHYSMASK0, PHYSBASE1, ... (MSRs 0x200..0x20f).
+    pub mtrr_var: [u64; 16],
     /// Added to the bus's TSC to give the guest's.
     pub tsc_offset: u64,
 }
+
+/// The fixed-range MTRR MSR numbers, in the order of [`Msrs::mtrr_fixed`].
+pub const MTRR_FIXED: [u32; 11] = [
+    0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+];
 
 /// Everything a CPU holds between instructions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +187,9 @@ pub struct CpuState {
     pub cr3: u64,
     /// Feature enables.
     pub cr4: u64,
-    /// Task priority (the local APIC's TPR bits 7:4).
+    /// Task priority: CR8 holds the local APIC's TPR bits 7:4 in bits 3:0. `mov cr8` only
+    /// updates this field; a software local APIC reads it from here (and writes its TPR back here)
+    /// when it arbitrates interrupts, so the two views stay one register.
     pub cr8: u64,
     /// Extended feature enables.
     pub efer: u64,
@@ -155,6 +209,13 @@ pub struct CpuState {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI or a load of SS).
     pub interrupt_shadow: bool,
+    /// NMIs are blocked: an NMI handler is running and has not executed IRET yet.
+    pub nmi_blocked: bool,
+    /// An NMI arrived while blocked; it is delivered by the IRET that unblocks NMIs.
+    pub nmi_pending: bool,
+    /// After INIT, an application processor waits for a startup IPI: it neither runs nor takes
+    /// interrupts (`halted` is set too) until `Cpu::sipi`.
+    pub wait_for_sipi: bool,
 }
 
 /// RFLAGS bits.
@@ -193,10 +254,18 @@ pub mod bits {
     pub const CR0_NE: u64 = 1 << 5;
     pub const CR0_WP: u64 = 1 << 16;
     pub const CR0_AM: u64 = 1 << 18;
+    pub const CR0_NW: u64 = 1 << 29;
+    pub const CR0_CD: u64 = 1 << 30;
     pub const CR0_PG: u64 = 1 << 31;
+    pub const CR4_VME: u64 = 1 << 0;
+    pub const CR4_PVI: u64 = 1 << 1;
+    pub const CR4_TSD: u64 = 1 << 2;
+    pub const CR4_DE: u64 = 1 << 3;
     pub const CR4_PSE: u64 = 1 << 4;
     pub const CR4_PAE: u64 = 1 << 5;
+    pub const CR4_MCE: u64 = 1 << 6;
     pub const CR4_PGE: u64 = 1 << 7;
+    pub const CR4_PCE: u64 = 1 << 8;
     pub const CR4_OSFXSR: u64 = 1 << 9;
     pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
     pub const CR4_UMIP: u64 = 1 << 11;
@@ -262,11 +331,30 @@ impl Default for CpuState {
             mxcsr: 0x1f80,
             halted: false,
             interrupt_shadow: false,
+            nmi_blocked: false,
+            nmi_pending: false,
+            wait_for_sipi: false,
         }
     }
 }
 
 impl CpuState {
+    /// Applies an INIT signal: the registers return to their RESET values except the x87 and
+    /// SSE state, the MSRs the CPU owns (MTRRs, PAT, STAR...) and CR0.CD/NW, as the SDM's
+    /// table 9-1 lists. EFER is cleared, so the CPU is back in real mode at F000:FFF0.
+    pub fn apply_init(&mut self) {
+        let keep_cache = self.cr0 & (bits::CR0_CD | bits::CR0_NW);
+        let reset = CpuState {
+            x87: self.x87,
+            xmm: self.xmm,
+            mxcsr: self.mxcsr,
+            msr: self.msr,
+            ..CpuState::default()
+        };
+        *self = reset;
+        self.cr0 = (self.cr0 & !(bits::CR0_CD | bits::CR0_NW)) | keep_cache;
+    }
+
     /// The segment register `s`.
     pub fn seg(&self, s: SegReg) -> &Segment {
         &self.seg[s as usize]

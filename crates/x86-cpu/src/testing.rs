@@ -84,11 +84,13 @@ pub fn long_mode_cpu(bus: &mut FlatBus) -> Cpu {
     bus.write_u64(0x1000, 0x2000 | 7);
     bus.write_u64(0x2000, 0x3000 | 7);
     bus.write_u64(0x3000, 0x87);
-    let mut s = CpuState::default();
-    s.cr0 = bits::CR0_PE | bits::CR0_PG | bits::CR0_ET;
-    s.cr4 = bits::CR4_PAE;
-    s.efer = bits::EFER_LME | bits::EFER_LMA;
-    s.cr3 = 0x1000;
+    let mut s = CpuState {
+        cr0: bits::CR0_PE | bits::CR0_PG | bits::CR0_ET,
+        cr4: bits::CR4_PAE,
+        efer: bits::EFER_LME | bits::EFER_LMA,
+        cr3: 0x1000,
+        ..Default::default()
+    };
     let code = Segment {
         selector: 8,
         type_: 0xb,

@@ -5,11 +5,17 @@
 //! that returns `None` for instructions it does not handle; [`execute`] tries them in turn.
 
 mod alu;
+mod atomic;
 mod basic;
+mod bits;
+pub(crate) mod far;
+mod msr;
 mod operand;
+pub(crate) mod segment;
+mod shift;
 mod sse;
 mod string;
-mod system;
+pub(crate) mod system;
 mod x87;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
@@ -184,6 +190,16 @@ impl Cpu {
         if shadow {
             self.state.interrupt_shadow = false;
         }
+        // RF suppresses instruction breakpoints for one instruction: it clears once an
+        // instruction completes, except after the IRET that may have just set it.
+        if matches!(result, Ok(Flow::Next | Flow::Jump | Flow::Halt))
+            && !matches!(
+                insn.mnemonic(),
+                iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd | iced_x86::Mnemonic::Iretq
+            )
+        {
+            self.state.rflags &= !crate::state::rflags::RF;
+        }
         match result {
             Ok(Flow::Next) => {
                 self.state.rip = self.mask_ip(insn.next_ip());
@@ -243,12 +259,22 @@ fn format_insn(insn: &Instruction) -> String {
 }
 
 /// Executes `insn` by trying each instruction family in turn.
+/// One instruction family: `Some` when it handled the instruction.
+type Family = fn(&mut Cpu, &mut dyn CpuBus, &Instruction) -> Option<ExecResult>;
+
 pub(crate) fn execute(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
-    let families: [fn(&mut Cpu, &mut dyn CpuBus, &Instruction) -> Option<ExecResult>; 6] = [
+    let families: [Family; 12] = [
+        // Locked read-modify-writes first: the basic family would run them as plain accesses.
+        atomic::execute,
         basic::execute,
         alu::execute,
+        shift::execute,
+        bits::execute,
         string::execute,
         system::execute,
+        segment::execute,
+        far::execute,
+        msr::execute,
         sse::execute,
         x87::execute,
     ];
