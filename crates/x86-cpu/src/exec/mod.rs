@@ -8,6 +8,7 @@ mod alu;
 mod atomic;
 mod basic;
 mod bits;
+mod cache;
 pub(crate) mod far;
 mod msr;
 mod operand;
@@ -101,6 +102,7 @@ pub struct Cpu {
     /// The architectural state.
     pub state: CpuState,
     pub(crate) tlb: Tlb,
+    decoded: cache::DecodeCache,
     /// Instructions retired, for a deterministic clock.
     pub instructions: u64,
 }
@@ -111,6 +113,7 @@ impl Cpu {
         Cpu {
             state,
             tlb: Tlb::default(),
+            decoded: cache::DecodeCache::default(),
             instructions: 0,
         }
     }
@@ -121,15 +124,9 @@ impl Cpu {
     }
 
     /// Fetches and decodes the instruction at CS:RIP.
-    fn fetch(&mut self, bus: &mut dyn CpuBus) -> Result<(Instruction, [u8; 15], usize), Fault> {
+    fn fetch_decoded(&mut self, bus: &mut dyn CpuBus, out: &mut Instruction) -> Result<(), Fault> {
         let rip = self.state.rip;
-        let cs_base = if self.state.code64() {
-            0
-        } else {
-            self.state.seg(SegReg::Cs).base
-        };
-        let linear = cs_base.wrapping_add(rip);
-        let mut bytes = [0u8; 15];
+        let linear = self.code_linear(rip);
         let first = (0x1000 - (linear & 0xfff) as usize).min(15);
         let pa = translate(
             &self.state,
@@ -139,15 +136,21 @@ impl Cpu {
             Access::Fetch,
             Privilege::Current,
         )?;
+        let bits = self.state.code_bits();
+        if self.decoded.lookup(rip, pa, bits, bus, out) {
+            return Ok(());
+        }
+        let mut bytes = [0u8; 15];
         crate::mmu::read_phys(bus, pa, &mut bytes[..first]);
         let mut avail = first;
         let mut second_fault = None;
         if first < 15 {
+            let next = linear.wrapping_add(first as u64);
             match translate(
                 &self.state,
                 &mut self.tlb,
                 bus,
-                linear.wrapping_add(first as u64),
+                next,
                 Access::Fetch,
                 Privilege::Current,
             ) {
@@ -158,19 +161,53 @@ impl Cpu {
                 Err(f) => second_fault = Some(f),
             }
         }
-        let mut decoder = Decoder::with_ip(
-            self.state.code_bits(),
-            &bytes[..avail],
-            rip,
-            DecoderOptions::NONE,
-        );
+        let mut decoder = Decoder::with_ip(bits, &bytes[..avail], rip, DecoderOptions::NONE);
         let insn = decoder.decode();
         if decoder.last_error() == DecoderError::NoMoreBytes
             && let Some(f) = second_fault
         {
             return Err(f);
         }
-        Ok((insn, bytes, avail))
+        if !insn.is_invalid() && insn.len() <= first && bus.ram(pa, insn.len()).is_some() {
+            self.decoded
+                .insert(rip, pa, bits, &bytes[..insn.len()], &insn);
+        }
+        *out = insn;
+        Ok(())
+    }
+
+    /// Fetches and decodes at CS:RIP, with the instruction's bytes: the form tests use.
+    #[cfg(test)]
+    pub(crate) fn fetch(
+        &mut self,
+        bus: &mut dyn CpuBus,
+    ) -> Result<(Instruction, [u8; 15], usize), Fault> {
+        let mut insn = Instruction::default();
+        self.fetch_decoded(bus, &mut insn)?;
+        let mut bytes = [0u8; 15];
+        let raw = self.bytes_of(bus, &insn);
+        bytes[..raw.len()].copy_from_slice(&raw);
+        Ok((insn, bytes, raw.len()))
+    }
+
+    /// The linear address of `rip` in the code segment.
+    fn code_linear(&self, rip: u64) -> u64 {
+        let cs_base = if self.state.code64() {
+            0
+        } else {
+            self.state.seg(SegReg::Cs).base
+        };
+        cs_base.wrapping_add(rip)
+    }
+
+    /// The bytes of `insn` as they are in memory now, for reports (empty if unreadable).
+    fn bytes_of(&mut self, bus: &mut dyn CpuBus, insn: &Instruction) -> Vec<u8> {
+        let mut bytes = vec![0u8; insn.len()];
+        let linear = self.code_linear(insn.ip());
+        match self.read_linear(bus, linear, &mut bytes, Privilege::Current) {
+            Ok(()) => bytes,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Executes one instruction (or delivers one exception).
@@ -178,10 +215,10 @@ impl Cpu {
         if self.state.halted {
             return StepExit::Halted;
         }
-        let (insn, bytes, avail) = match self.fetch(bus) {
-            Ok(x) => x,
-            Err(fault) => return self.raise(bus, fault),
-        };
+        let mut insn = Instruction::default();
+        if let Err(fault) = self.fetch_decoded(bus, &mut insn) {
+            return self.raise(bus, fault);
+        }
         if insn.is_invalid() {
             return self.raise(bus, Fault::ud());
         }
@@ -221,7 +258,7 @@ impl Cpu {
             Err(Stop::Shutdown) => StepExit::Shutdown,
             Err(Stop::Unimplemented) => StepExit::Unimplemented(Unimplemented {
                 rip: self.state.rip,
-                bytes: bytes[..insn.len().min(avail)].to_vec(),
+                bytes: self.bytes_of(bus, &insn),
                 text: format_insn(&insn),
             }),
         }
