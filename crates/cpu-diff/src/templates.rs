@@ -261,27 +261,7 @@ const fn needs(mut x: Template, f: Feature) -> Template {
 /// implement yet (its `StepExit::Unimplemented`), and known mismatches waiting for a fix. This is
 /// the one place to edit as `x86-cpu` grows; `POPEK_DIFF_ALL=1` runs them anyway.
 pub const EXCLUDED: &[(&str, &str)] = &[
-    // Not implemented yet (StepExit::Unimplemented).
-    (
-        "bmi1",
-        "andn, bextr, blsi, blsmsk, blsr are not implemented",
-    ),
-    (
-        "bmi2",
-        "bzhi, pdep, pext, rorx, sarx, shlx, shrx are not implemented",
-    ),
-    ("adx", "adcx, adox are not implemented"),
     // Known mismatches, reported to the owners of x86-cpu.
-    (
-        "bsf_bsr",
-        "ZF follows the result index instead of the source; r32 with a zero source \
-        clears the upper half (the silicon keeps the whole register)",
-    ),
-    (
-        "cmpxchg",
-        "a failing cmpxchg with a 32-bit register destination zero-extends it",
-    ),
-    ("call_ret_imm", "`ret imm16` panics (16-byte stack read)"),
     (
         "sse_float",
         "MXCSR: UE not set for tiny inexact results, DE differences",
@@ -297,10 +277,6 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
     ("x87_unary", "C1 (round-up) not set; fstp results differ"),
     ("x87_integer", "C1 and DE/UE flags; fistp results"),
-    (
-        "gp_jump_to_non_canonical",
-        "#PF at the target instead of #GP at the jump",
-    ),
 ];
 
 /// Every template.

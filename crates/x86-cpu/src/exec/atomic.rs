@@ -178,9 +178,12 @@ fn cmpxchg(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResul
     let old = if insn.op0_kind() == OpKind::Register {
         let dst_reg = insn.op0_register();
         let d = cpu.reg(dst_reg);
-        // On a mismatch the destination is written back with its own value, which for a 32-bit
-        // register clears bits 63:32 as every 32-bit register write does.
-        cpu.set_reg(dst_reg, if d == acc { src } else { d });
+        // On a mismatch the destination register is not written: a 32-bit destination keeps
+        // bits 63:32. That is AMD's behaviour, which the silicon the differential suite runs on
+        // shows (Intel cores write the value back, zero-extending it).
+        if d == acc {
+            cpu.set_reg(dst_reg, src);
+        }
         d
     } else {
         let (seg, off) = (cpu.mem_seg(insn), cpu.ea(insn));
@@ -448,6 +451,24 @@ mod tests {
         assert_eq!(cpu.state.gpr[0], 9);
         // The last compare was 7 - 9.
         assert_eq!(cpu.state.rflags & (ZF | CF), CF);
+    }
+
+    #[test]
+    fn failing_cmpxchg_keeps_the_upper_half_of_a_32_bit_register_destination() {
+        let (cpu, _) = run_asm(|a| {
+            a.mov(rbx, 0xdead_beef_0000_0005u64)?;
+            a.mov(rax, 0xffff_ffff_0000_0007u64)?;
+            a.mov(ecx, 9)?;
+            // Mismatch (5 != 7): EBX is not written, EAX receives 5 zero-extended.
+            a.cmpxchg(ebx, ecx)?;
+            // Match: EDX = ECX, zero-extended.
+            a.mov(rdx, 0xffff_ffff_0000_0005u64)?;
+            a.cmpxchg(edx, ecx)
+        });
+        assert_eq!(cpu.state.gpr[3], 0xdead_beef_0000_0005);
+        assert_eq!(cpu.state.gpr[0], 5);
+        assert_eq!(cpu.state.gpr[2], 9);
+        assert_eq!(cpu.state.rflags & ZF, ZF);
     }
 
     #[test]

@@ -205,26 +205,32 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
         }
         Mnemonic::Jmp if !is_far(insn) => {
             let target = near_target(cpu, bus, insn)?;
-            cpu.state.rip = cpu.mask_ip(target);
+            cpu.state.rip = cpu.near_branch(target)?;
             Ok(Flow::Jump)
         }
         Mnemonic::Call if !is_far(insn) => {
             let target = near_target(cpu, bus, insn)?;
+            let target = cpu.near_branch(target)?;
             let size = cpu.stack_op_size(insn);
             cpu.push(bus, insn.next_ip(), size)?;
-            cpu.state.rip = cpu.mask_ip(target);
+            cpu.state.rip = target;
             Ok(Flow::Jump)
         }
         Mnemonic::Ret => {
             let size = cpu.stack_op_size(insn);
+            let rsp = cpu.state.gpr[4];
             let target = cpu.pop(bus, size)?;
+            // A bad return address faults with RSP as it was.
+            let target = cpu
+                .near_branch(target)
+                .inspect_err(|_| cpu.state.gpr[4] = rsp)?;
             if insn.op_count() == 1 {
                 let extra = insn.immediate16();
                 let m = mask(cpu.state.stack_bits() / 8);
                 let rsp = cpu.state.gpr[4];
                 cpu.state.gpr[4] = (rsp & !m) | (rsp.wrapping_add(u64::from(extra)) & m);
             }
-            cpu.state.rip = cpu.mask_ip(target);
+            cpu.state.rip = target;
             Ok(Flow::Jump)
         }
         Mnemonic::Ja
@@ -244,7 +250,7 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
         | Mnemonic::Jp
         | Mnemonic::Js => {
             if condition(insn.condition_code(), cpu.state.rflags) {
-                cpu.state.rip = cpu.mask_ip(insn.near_branch_target());
+                cpu.state.rip = cpu.near_branch(insn.near_branch_target())?;
                 Ok(Flow::Jump)
             } else {
                 Ok(Flow::Next)
@@ -262,10 +268,12 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
                 _ if matches!(m, Mnemonic::Jrcxz) => iced_x86::Register::RCX,
                 _ => counter_reg(insn),
             };
+            let rcx = cpu.state.gpr[1];
+            let old = cpu.reg(creg);
             let take = if matches!(m, Mnemonic::Jcxz | Mnemonic::Jecxz | Mnemonic::Jrcxz) {
-                cpu.reg(creg) == 0
+                old == 0
             } else {
-                let c = cpu.reg(creg).wrapping_sub(1);
+                let c = old.wrapping_sub(1);
                 cpu.set_reg(creg, c);
                 let z = cpu.state.rflags & ZF != 0;
                 c & mask(creg.size() as u32) != 0
@@ -276,7 +284,10 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
                     }
             };
             if take {
-                cpu.state.rip = cpu.mask_ip(insn.near_branch_target());
+                // A faulting LOOP leaves the counter as it was.
+                cpu.state.rip = cpu
+                    .near_branch(insn.near_branch_target())
+                    .inspect_err(|_| cpu.state.gpr[1] = rcx)?;
                 Ok(Flow::Jump)
             } else {
                 Ok(Flow::Next)
@@ -444,6 +455,49 @@ mod tests {
         assert_eq!(cpu.state.gpr[1], 0x1234);
         assert_eq!(cpu.state.rip, 0x10005);
         assert_eq!(cpu.state.gpr[4], 0x8000);
+    }
+
+    #[test]
+    fn ret_imm16_pops_the_return_address_then_releases_the_bytes() {
+        use iced_x86::code_asm::*;
+        let code = crate::exec::alu::tests::asm(|a| {
+            let mut f = a.create_label();
+            a.push(rax)?;
+            a.call(f)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.ret_1(8)
+        });
+        let (cpu, _) = run_code(&code, 3);
+        assert_eq!(cpu.state.gpr[4], 0x8000);
+        assert_eq!(cpu.state.rip, 0x10006);
+    }
+
+    #[test]
+    fn near_branches_to_non_canonical_targets_raise_gp_at_the_branch() {
+        use iced_x86::code_asm::*;
+
+        use crate::exec::Stop;
+        use crate::exec::alu::tests::{asm, exec, machine};
+        let code = asm(|a| {
+            a.jmp(rax)?;
+            a.call(rax)?;
+            a.call(qword_ptr(0x5000))?;
+            a.ret()
+        });
+        let (mut cpu, mut bus) = machine(&code);
+        let bad = 0x0000_8000_0000_0000u64;
+        cpu.state.gpr[0] = bad;
+        bus.write_u64(0x5000, bad);
+        bus.write_u64(0x7ff8, bad);
+        let gp = Err(Stop::Fault(Fault::gp(0)));
+        for rip in [0x10000, 0x10002, 0x10004, 0x1000b] {
+            cpu.state.rip = rip;
+            cpu.state.gpr[4] = if rip == 0x1000b { 0x7ff8 } else { 0x8000 };
+            let stack = cpu.state.gpr[4];
+            assert_eq!(exec(&mut cpu, &mut bus), gp, "at {rip:#x}");
+            assert_eq!((cpu.state.rip, cpu.state.gpr[4]), (rip, stack));
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Undefined flags: the bit tests leave OF, SF, AF and PF unchanged (ZF is defined as
 //! unchanged). `bsf`/`bsr` with a non-zero source clear CF, OF, SF and AF and set PF from the
-//! index found; with a zero source they set ZF only. `tzcnt`/`lzcnt` clear OF, SF, AF and PF.
+//! index found; with a zero source they set ZF and PF and clear the others (as AMD does).
+//! `tzcnt`/`lzcnt` clear SF, AF and PF and leave OF unchanged (as AMD does).
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
@@ -12,7 +13,7 @@ use super::basic::set_flags;
 use super::{Cpu, ExecResult, Flow};
 use crate::bus::CpuBus;
 use crate::flags::{self, mask, sign_extend};
-use crate::state::rflags::{CF, ZF};
+use crate::state::rflags::{CF, OF, PF, ZF};
 
 /// Executes `insn` if it belongs to this family; `None` otherwise.
 pub(crate) fn execute(
@@ -97,17 +98,19 @@ fn bit_test(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction, m: Mnemonic
     Ok(Flow::Next)
 }
 
-/// `bsf`/`bsr`. With a zero source the destination keeps its value, but a 32-bit destination
-/// is still written and so loses bits 63:32 (what Intel's architects describe; AMD documents
-/// the destination as unchanged).
+/// `bsf`/`bsr`. ZF is set when the source is zero, cleared otherwise. With a zero source the
+/// destination is not written at all: even a 32-bit destination keeps bits 63:32. That is AMD's
+/// behaviour, which the silicon the differential suite runs on shows (Intel's architects
+/// describe a 32-bit destination as written back, losing bits 63:32).
+///
+/// The undefined flags follow AMD too: with a zero source CF, OF, SF and AF are cleared and PF
+/// set (the flags of a zero result); otherwise they are those of a logical operation on the
+/// index found (CF, OF and AF clear, SF clear, PF from the index).
 fn scan(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction, forward: bool) -> ExecResult {
     let size = cpu.op_size(insn, 0);
     let src = cpu.read_op(bus, insn, 1)? & mask(size);
-    let r = insn.op0_register();
     if src == 0 {
-        let v = cpu.reg(r);
-        cpu.set_reg(r, v);
-        cpu.state.rflags |= ZF;
+        set_flags(cpu, ZF | PF, flags::ALL);
     } else {
         let index = if forward {
             src.trailing_zeros()
@@ -115,8 +118,8 @@ fn scan(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction, forward: bool) 
             63 - src.leading_zeros()
         };
         let index = u64::from(index);
-        cpu.set_reg(r, index);
-        set_flags(cpu, flags::logic(index, size), flags::ALL);
+        cpu.set_reg(insn.op0_register(), index);
+        set_flags(cpu, flags::logic(index, size) & !ZF, flags::ALL);
     }
     Ok(Flow::Next)
 }
@@ -141,7 +144,13 @@ fn count(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction, m: Mnemonic) -
         }
     };
     cpu.write_op(bus, insn, 0, u64::from(result))?;
-    set_flags(cpu, f, flags::ALL);
+    // `tzcnt` and `lzcnt` leave OF unchanged, as AMD's silicon does.
+    let written = if m == Mnemonic::Popcnt {
+        flags::ALL
+    } else {
+        flags::ALL & !OF
+    };
+    set_flags(cpu, f, written);
     Ok(Flow::Next)
 }
 
@@ -150,7 +159,7 @@ mod tests {
     use iced_x86::code_asm::*;
 
     use crate::exec::alu::tests::run_asm;
-    use crate::state::rflags::{CF, ZF};
+    use crate::state::rflags::{CF, OF, ZF};
 
     #[test]
     fn bit_tests_on_registers_take_the_offset_modulo_the_width() {
@@ -195,19 +204,20 @@ mod tests {
     }
 
     #[test]
-    fn bsf_and_bsr_leave_the_destination_on_a_zero_source() {
+    fn bsf_and_bsr_leave_the_whole_destination_on_a_zero_source() {
         let (cpu, _) = run_asm(|a| {
             a.mov(rax, -1i64)?;
             a.mov(rdx, -1i64)?;
             a.xor(ecx, ecx)?;
             a.bsf(rax, rcx)?;
+            // AMD: a 32-bit destination keeps bits 63:32 too.
             a.bsr(edx, ecx)?;
             a.mov(ebx, 0x0001_0100)?;
             a.bsf(esi, ebx)?;
             a.bsr(edi, ebx)
         });
         assert_eq!(cpu.state.gpr[0], u64::MAX);
-        assert_eq!(cpu.state.gpr[2], 0xffff_ffff);
+        assert_eq!(cpu.state.gpr[2], u64::MAX);
         assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7]), (8, 16));
         assert_eq!(cpu.state.rflags & ZF, 0);
         let (cpu, _) = run_asm(|a| {
@@ -215,6 +225,23 @@ mod tests {
             a.bsf(eax, ecx)
         });
         assert_eq!(cpu.state.rflags & ZF, ZF);
+    }
+
+    #[test]
+    fn bsf_and_bsr_clear_zf_when_the_index_found_is_zero() {
+        let (cpu, _) = run_asm(|a| {
+            a.mov(ecx, 1)?;
+            a.xor(eax, eax)?; // ZF = 1
+            a.bsf(eax, ecx)
+        });
+        assert_eq!(cpu.state.gpr[0], 0);
+        assert_eq!(cpu.state.rflags & ZF, 0);
+        let (cpu, _) = run_asm(|a| {
+            a.mov(ecx, 1)?;
+            a.xor(eax, eax)?;
+            a.bsr(rax, rcx)
+        });
+        assert_eq!(cpu.state.rflags & ZF, 0);
     }
 
     #[test]
@@ -233,5 +260,17 @@ mod tests {
         );
         assert_eq!(cpu.state.gpr[6] & 0xffff, 16);
         assert_eq!(cpu.state.rflags & (CF | ZF), CF);
+    }
+
+    #[test]
+    fn tzcnt_and_lzcnt_leave_of_unchanged() {
+        let (cpu, _) = run_asm(|a| {
+            a.mov(eax, 0x7fff_ffff)?;
+            a.add(eax, 1)?; // OF = 1
+            a.tzcnt(ecx, eax)?;
+            a.lzcnt(edx, eax)
+        });
+        assert_eq!((cpu.state.gpr[1], cpu.state.gpr[2]), (31, 0));
+        assert_eq!(cpu.state.rflags & (OF | ZF | CF), OF | ZF);
     }
 }

@@ -91,7 +91,6 @@ impl DecodeCache {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::StepExit;
     use crate::testing::{FlatBus, long_mode_cpu};
 

@@ -8,6 +8,7 @@ mod alu;
 mod atomic;
 mod basic;
 mod bits;
+mod bmi;
 mod cache;
 pub(crate) mod far;
 mod msr;
@@ -300,13 +301,14 @@ fn format_insn(insn: &Instruction) -> String {
 type Family = fn(&mut Cpu, &mut dyn CpuBus, &Instruction) -> Option<ExecResult>;
 
 pub(crate) fn execute(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
-    let families: [Family; 12] = [
+    let families: [Family; 13] = [
         // Locked read-modify-writes first: the basic family would run them as plain accesses.
         atomic::execute,
         basic::execute,
         alu::execute,
         shift::execute,
         bits::execute,
+        bmi::execute,
         string::execute,
         system::execute,
         segment::execute,

@@ -318,8 +318,30 @@ impl Cpu {
         Ok(v)
     }
 
+    /// The RIP a near control transfer (jmp, call, ret, jcc, loop) to `target` sets, or #GP(0):
+    /// in 64-bit mode when the target is not canonical, elsewhere when it lies beyond the CS
+    /// limit. The silicon faults at the branch itself (RIP still at it), before the stack
+    /// access of a call; it never fetches at the target.
+    pub(crate) fn near_branch(&self, target: u64) -> Result<u64> {
+        let target = self.mask_ip(target);
+        let fits = if self.state.code64() {
+            canonical(target)
+        } else {
+            target <= u64::from(self.state.seg(SegReg::Cs).limit)
+        };
+        if fits { Ok(target) } else { Err(Fault::gp(0)) }
+    }
+
     /// The operand size of a stack instruction: 8 in 64-bit mode unless 16, else 2 or 4.
     pub(crate) fn stack_op_size(&self, insn: &Instruction) -> u32 {
+        use iced_x86::Code;
+        // `ret imm16` also releases imm16 bytes, so its stack pointer increment is not its size.
+        match insn.code() {
+            Code::Retnw | Code::Retnw_imm16 => return 2,
+            Code::Retnd | Code::Retnd_imm16 => return 4,
+            Code::Retnq | Code::Retnq_imm16 => return 8,
+            _ => {}
+        }
         let s = insn.stack_pointer_increment().unsigned_abs();
         if s == 0 {
             self.state.code_bits() / 8

@@ -5,16 +5,19 @@
 //! but a 32-bit register destination is still written (its bits 63:32 cleared), as on
 //! hardware.
 //!
-//! Undefined flags (the differential tests mask them; these follow what Intel cores are reported
-//! to produce, and Bochs):
+//! Undefined results and flags (the differential tests mask the flags):
 //! - OF for counts other than 1 uses the 1-bit formula on the final result: left shifts and
 //!   rotates `MSB(result) ^ CF`; `shr`, `shrd`, `ror` and `rcr` the XOR of the result's two top
-//!   bits (0 for `shr` by more than 1); `sar` 0.
-//! - AF after a shift is 0; rotates leave it (and SF, ZF, PF) alone.
+//!   bits (0 for `shr` by more than 1); `sar` 0 (what Intel cores are reported to produce, and
+//!   Bochs).
+//! - AF after a shift by a non-zero count is 1, as AMD's silicon (the differential suite's
+//!   host) produces; Intel cores clear it. Rotates leave it (and SF, ZF, PF) alone.
 //! - `shl`/`shr` by at least the operand width (8/16-bit operands): CF is the last bit shifted
 //!   out of the zero-extended operand, 0 once the count exceeds the width.
-//! - `shld`/`shrd` on 16-bit operands with a count above 16 shift the 48-bit `dest:src:dest`
-//!   (Intel's behaviour); CF is the last bit shifted out of it.
+//! - `shld`/`shrd` on 16-bit operands with a count above 16: the destination is shifted out
+//!   entirely and the source comes in twice, so the result is the source rotated by the count
+//!   minus 16. That is AMD's behaviour, which the suite's silicon shows (Intel shifts the 48-bit
+//!   `dest:src:dest`). CF is the last bit shifted out of that 48-bit value.
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -22,7 +25,7 @@ use super::basic::set_flags;
 use super::{Cpu, ExecResult, Flow};
 use crate::bus::CpuBus;
 use crate::flags::{self, mask, sign_bit, sign_extend, szp};
-use crate::state::rflags::{CF, OF};
+use crate::state::rflags::{AF, CF, OF};
 
 /// Executes `insn` if it belongs to this family; `None` otherwise.
 pub(crate) fn execute(
@@ -73,19 +76,19 @@ fn compute(m: Mnemonic, a: u64, count: u32, cf_in: u64, size: u32) -> Option<(u6
             } else {
                 0
             };
-            let f = szp(r, size) | cf | of(msb(r) ^ cf);
+            let f = szp(r, size) | cf | of(msb(r) ^ cf) | AF;
             (r, f, flags::ALL)
         }
         Mnemonic::Shr => {
             let r = a >> count;
             let cf = bit(a, count - 1);
-            (r, szp(r, size) | cf | of(top2(r)), flags::ALL)
+            (r, szp(r, size) | cf | of(top2(r)) | AF, flags::ALL)
         }
         Mnemonic::Sar => {
             let s = sign_extend(a, size) as i64;
             let r = (s >> count.min(63)) as u64 & mk;
             let cf = ((s >> (count - 1).min(63)) & 1) as u64;
-            (r, szp(r, size) | cf, flags::ALL)
+            (r, szp(r, size) | cf | AF, flags::ALL)
         }
         Mnemonic::Rol => {
             let c = count % bits;
@@ -164,10 +167,10 @@ fn double(left: bool, a: u64, b: u64, count: u32, size: u32) -> (u64, u64, u64) 
     let mk = mask(size);
     let (a, b) = (u128::from(a & mk), u128::from(b & mk));
     // The bits that take part, most significant first: dest:src (shld) or src:dest (shrd),
-    // and dest:src:dest / src:dest... for 16-bit operands, where the count may exceed 16.
+    // and dest:src:src / src:src:dest for 16-bit operands, where the count may exceed 16 (AMD).
     let (r, cf) = if left {
         let (t, top) = if size == 2 {
-            (a << 32 | b << 16 | a, 48)
+            (a << 32 | b << 16 | b, 48)
         } else {
             (a << bits | b, 2 * bits)
         };
@@ -175,7 +178,7 @@ fn double(left: bool, a: u64, b: u64, count: u32, size: u32) -> (u64, u64, u64) 
         (r, (t >> (top - count)) as u64 & 1)
     } else {
         let t = if size == 2 {
-            a << 32 | b << 16 | a
+            b << 32 | b << 16 | a
         } else {
             b << bits | a
         };
@@ -203,8 +206,8 @@ fn double_shift(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction, left: b
     let b = cpu.read_op(bus, insn, 1)?;
     let (r, cf, of) = double(left, a, b, count, size);
     cpu.write_op(bus, insn, 0, r)?;
-    // AF is undefined: cleared, as for the single shifts.
-    set_flags(cpu, szp(r, size) | cf | of, flags::ALL);
+    // AF is undefined: set, as for the single shifts (AMD).
+    set_flags(cpu, szp(r, size) | cf | of | AF, flags::ALL);
     Ok(Flow::Next)
 }
 
@@ -214,7 +217,7 @@ mod tests {
 
     use super::*;
     use crate::exec::alu::tests::{STATUS, run_asm};
-    use crate::state::rflags::{AF, PF, SF, ZF};
+    use crate::state::rflags::{PF, SF, ZF};
 
     #[test]
     fn zero_count_keeps_flags_but_clears_upper_half_of_32_bit_register() {
@@ -237,7 +240,7 @@ mod tests {
             a.shl(al, 1)
         });
         assert_eq!(cpu.state.gpr[0] & 0xff, 0x80);
-        assert_eq!(cpu.state.rflags & STATUS, OF | SF);
+        assert_eq!(cpu.state.rflags & STATUS, OF | SF | AF);
         let (cpu, _) = run_asm(|a| {
             a.mov(eax, 0x8000_0001u32)?;
             a.shl(eax, 1)
@@ -255,7 +258,10 @@ mod tests {
             a.shl(al, cl)
         });
         assert_eq!(cpu.state.gpr[0] & 0xff, 0);
-        assert_eq!(cpu.state.rflags & (CF | ZF | PF | SF | AF), CF | ZF | PF);
+        assert_eq!(
+            cpu.state.rflags & (CF | ZF | PF | SF | AF),
+            CF | ZF | PF | AF
+        );
         // shr rax, 63 and a masked count of 64 (= 0 for 64-bit: no change).
         let (cpu, _) = run_asm(|a| {
             a.mov(rax, 0x8000_0000_0000_0000u64)?;
@@ -362,11 +368,33 @@ mod tests {
         assert_eq!(cpu.state.gpr[0], 0x3456_789a);
         assert_eq!(cpu.state.gpr[1], 0xf012_3456);
         assert_eq!(cpu.state.rflags & CF, 0);
-        // A 16-bit count above 16 shifts dest:src:dest (Intel).
-        assert_eq!(double(true, 0x1234, 0x5678, 20, 2).0, 0x6781);
-        assert_eq!(double(false, 0x1234, 0x5678, 20, 2).0, 0x4567);
+        // A 16-bit count above 16 rotates the source by the count minus 16 (AMD).
+        assert_eq!(double(true, 0x1234, 0x5678, 20, 2).0, 0x6785);
+        assert_eq!(double(false, 0x1234, 0x5678, 20, 2).0, 0x8567);
         // 64-bit shld by 4 and its carry.
         let (r, cf, _) = double(true, 0xf000_0000_0000_0001, 0xa000_0000_0000_0000, 4, 8);
         assert_eq!((r, cf), (0x0000_0000_0000_001a, 1));
+    }
+
+    #[test]
+    fn sixteen_bit_double_shifts_past_16_rotate_the_source() {
+        let (cpu, _) = run_asm(|a| {
+            a.mov(ecx, 0x1234)?;
+            a.mov(eax, 0x5678)?;
+            a.mov(edx, 0x1234)?;
+            a.shld(cx, ax, 20)?;
+            a.shrd(dx, ax, 20)
+        });
+        assert_eq!(cpu.state.gpr[1], 0x6785);
+        assert_eq!(cpu.state.gpr[2], 0x8567);
+    }
+
+    #[test]
+    fn shifts_by_a_non_zero_count_set_af() {
+        let (cpu, _) = run_asm(|a| {
+            a.mov(eax, 6)?;
+            a.shr(eax, 1)
+        });
+        assert_eq!(cpu.state.rflags & AF, AF);
     }
 }
