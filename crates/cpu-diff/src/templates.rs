@@ -262,21 +262,6 @@ const fn needs(mut x: Template, f: Feature) -> Template {
 /// the one place to edit as `x86-cpu` grows; `POPEK_DIFF_ALL=1` runs them anyway.
 pub const EXCLUDED: &[(&str, &str)] = &[
     // Known mismatches, reported to the owners of x86-cpu.
-    (
-        "sse_float",
-        "MXCSR: UE not set for tiny inexact results, DE differences",
-    ),
-    (
-        "sse_float_mem",
-        "MXCSR: UE not set for tiny inexact results, DE differences",
-    ),
-    ("sse_convert", "MXCSR: UE not set for tiny inexact results"),
-    (
-        "x87_arith",
-        "results rounded to 53 bits under 64-bit precision control; C1 and UE/PE",
-    ),
-    ("x87_unary", "C1 (round-up) not set; fstp results differ"),
-    ("x87_integer", "C1 and DE/UE flags; fistp results"),
 ];
 
 /// Every template.

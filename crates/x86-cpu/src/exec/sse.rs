@@ -96,6 +96,8 @@ pub(super) fn env(cpu: &Cpu) -> Env {
         rc: Round::from_rc(m >> mxcsr::RC_SHIFT),
         daz: m & mxcsr::DAZ != 0,
         ftz: m & mxcsr::FZ != 0 && m & (softfloat::UE << mxcsr::MASK_SHIFT) != 0,
+        trap_underflow: m & (softfloat::UE << mxcsr::MASK_SHIFT) == 0,
+        trap_overflow: m & (softfloat::OE << mxcsr::MASK_SHIFT) == 0,
     }
 }
 

@@ -1,28 +1,38 @@
 //! The x87 floating-point unit.
 //!
-//! Registers hold 80-bit extended values, so loads, stores, moves, exchanges, FCHS/FABS,
-//! FRNDINT, FSCALE (in range), integer loads and stores and comparisons are exact. Arithmetic
-//! and the transcendental instructions compute in double precision (through `sse::softfloat`,
-//! honouring FCW.RC): their results carry at most 53 significant bits and the double's exponent
-//! range, so the low 11 significand bits differ from hardware and values beyond about 1e308
-//! overflow. Precision control (FCW.PC) is ignored, FOP is not tracked (saves as zero) and FCS/FDS
-//! are not kept.
+//! Registers hold 80-bit extended values. Loads, stores to memory, moves, exchanges, FCHS/FABS,
+//! integer loads and stores, FXTRACT and comparisons are exact or rounded once; FADD, FSUB,
+//! FMUL, FDIV (all forms) and FSQRT are computed exactly and rounded once under FCW.RC and
+//! FCW.PC (24, 53 or 64 significand bits, extended exponent range), FSCALE, FRNDINT and
+//! FPREM/FPREM1 in full extended precision (`sse::softfloat`). C1 reports a rounding up in
+//! magnitude. A partial FPREM step reduces the exponent difference by `32 + difference % 32`
+//! bits, which is what the AMD silicon we compare against does (the SDM leaves the amount
+//! between 32 and 63).
+//!
+//! The transcendental instructions (FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1, FYL2X, FYL2XP1)
+//! are the approximation left: they compute in double precision, so their results carry at
+//! most 53 significant bits and the double's exponent range (the low 11 significand bits
+//! differ from hardware and values beyond about 1e308 overflow), always raise PE and leave C1
+//! clear. FOP is not tracked (saves as zero) and FCS/FDS are not kept.
 //!
 //! Exceptions set their FSW flags; a masked one produces the architectural default (QNaN
-//! indefinite, integer indefinite, infinity). An unmasked one sets FSW.ES and B, leaves the
-//! destination alone (hardware writes a biased result for unmasked overflow/underflow) and
-//! raises #MF on the next waiting x87 instruction when CR0.NE is set; with CR0.NE clear the
-//! external FERR# path is not modelled and nothing is raised.
+//! indefinite, integer indefinite, infinity). An unmasked one sets FSW.ES and B and raises #MF on
+//! the next waiting x87 instruction when CR0.NE is set (with CR0.NE clear the external FERR#
+//! path is not modelled and nothing is raised). As on hardware, an unmasked invalid, denormal
+//! or zero-divide exception leaves the registers and the stack alone; an unmasked overflow or
+//! underflow delivers an arithmetic result with its exponent wrapped by 24576 but stores nothing
+//! to memory; an unmasked precision exception still delivers the rounded result.
 //!
 //! FNSAVE/FRSTOR/FNSTENV/FLDENV use the protected-mode layouts (16- and 32-bit) in every mode.
 
 mod env;
 mod math;
+mod value;
 
 use iced_x86::{EncodingKind, Instruction, MemorySize, Mnemonic, OpKind, Register};
 
 use super::sse::softfloat::{
-    self, DE, Env, F80, F80_INDEFINITE, Fmt, IE, Op, PE, Round, UE, f64_to_f80, f80_to_f64,
+    self, DE, Env, F80, F80_INDEFINITE, Fmt, IE, OE, Op, PE, Round, UE, X87Value, ZE,
 };
 use super::{Cpu, ExecResult, Flow};
 use crate::bus::CpuBus;
@@ -32,6 +42,7 @@ use crate::flags::sign_extend;
 use crate::state::X87;
 use crate::state::bits::{CR0_EM, CR0_MP, CR0_NE, CR0_TS};
 use crate::state::rflags::{AF, CF, OF, PF, SF, ZF};
+use value::{arith, compare, is_denormal, screen, unary};
 
 /// FSW bits.
 const SW_SF: u16 = 1 << 6;
@@ -185,19 +196,56 @@ fn stack_fault(x: &mut X87, overflow: bool) -> bool {
     signal(x, IE)
 }
 
-/// Records exception `flags`; returns whether all of them are masked (so the result is to be
-/// written).
+/// Records exception `flags`; returns whether the result is to be written: all of them are
+/// masked, or the one unmasked is precision (the rounded result is then delivered as well).
 fn signal(x: &mut X87, flags: u32) -> bool {
     x.fsw |= (flags & 0x3f) as u16;
     let unmasked = flags & !u32::from(x.fcw) & 0x3f;
     if unmasked != 0 {
         x.fsw |= SW_ES | SW_B;
     }
-    unmasked == 0
+    unmasked & !PE == 0
+}
+
+/// Records exception `flags` of an arithmetic result bound for a register; returns whether it
+/// is to be written: also when overflow or underflow is unmasked, the result then carrying a
+/// wrapped exponent.
+fn signal_result(x: &mut X87, flags: u32) -> bool {
+    let pre = IE | DE | ZE;
+    if flags & !u32::from(x.fcw) & pre != 0 {
+        // An unmasked pre-computation exception stops the operation before its result exists.
+        signal(x, flags & pre);
+        return false;
+    }
+    signal(x, flags);
+    true
 }
 
 fn rc(x: &X87) -> Round {
     Round::from_rc(u32::from(x.fcw >> 10))
+}
+
+/// The rounding environment FCW selects.
+fn env(x: &X87) -> Env {
+    Env {
+        rc: rc(x),
+        trap_underflow: x.fcw & UE as u16 == 0,
+        trap_overflow: x.fcw & OE as u16 == 0,
+        ..Env::default()
+    }
+}
+
+/// The significand width of FADD/FSUB/FMUL/FDIV/FSQRT results under FCW.PC.
+fn precision(x: &X87) -> u32 {
+    softfloat::precision(x.fcw >> 8)
+}
+
+/// Sets C1, the rounding indicator: whether the last result was rounded up in magnitude.
+fn set_c1(x: &mut X87, up: bool) {
+    x.fsw &= !SW_C1;
+    if up {
+        x.fsw |= SW_C1;
+    }
 }
 
 fn set_cc(x: &mut X87, cc: u16) {
@@ -209,136 +257,40 @@ fn st_index(insn: &Instruction, i: u32) -> usize {
     insn.op_register(i) as usize - Register::ST0 as usize
 }
 
-// --- Values -----------------------------------------------------------------------------------
-
-fn is_denormal(f: F80) -> bool {
-    f.exp == 0 && f.mant != 0
+/// A memory operand read as an extended value (exact), and whether it was a denormal in its own
+/// format (a single or double denormal is a normal extended value).
+struct Loaded {
+    v: u128,
+    denormal: bool,
 }
 
-/// The x87 NaN rule: of two NaNs the one with the larger significand (a QNaN over an SNaN),
-/// quieted.
-fn propagate_nan(a: F80, b: F80, flags: &mut u32) -> u128 {
-    if a.is_snan() || b.is_snan() {
-        *flags |= IE;
-    }
-    let quiet = |f: F80| {
-        F80 {
-            mant: f.mant | (3 << 62),
-            ..f
-        }
-        .pack()
-    };
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => {
-            if a.is_snan() != b.is_snan() {
-                quiet(if a.is_snan() { b } else { a })
-            } else if (b.mant << 1) > (a.mant << 1) {
-                quiet(b)
-            } else {
-                quiet(a)
-            }
-        }
-        (true, false) => quiet(a),
-        _ => quiet(b),
-    }
-}
-
-/// Checks operands for NaNs, unsupported encodings and denormals: `Err` is the result to use.
-fn screen(vals: &[u128], flags: &mut u32) -> core::result::Result<(), u128> {
-    let f = [
-        F80::unpack(vals[0]),
-        F80::unpack(*vals.get(1).unwrap_or(&vals[0])),
-    ];
-    if f.iter().any(|f| f.is_unsupported()) {
-        *flags |= IE;
-        return Err(F80_INDEFINITE);
-    }
-    if f.iter().any(|f| f.is_nan()) {
-        return Err(propagate_nan(f[0], f[1], flags));
-    }
-    if f.iter().any(|&f| is_denormal(f)) {
-        *flags |= DE;
-    }
-    Ok(())
-}
-
-/// `a op b` computed in double precision and rounded by `rc`.
-fn arith(op: Op, a: u128, b: u128, rc: Round, flags: &mut u32) -> u128 {
-    if let Err(r) = screen(&[a, b], flags) {
-        return r;
-    }
-    let env = Env {
-        rc,
-        ..Env::nearest()
-    };
-    let (x, y) = (f80_to_f64(a).to_bits(), f80_to_f64(b).to_bits());
-    let mut f = 0;
-    let r = softfloat::arith(op, x, y, Fmt::D, env, &mut f);
-    // Double-precision denormal inputs and results are normal in extended format.
-    *flags |= f & !(DE | UE);
-    if f & IE != 0 {
-        return F80_INDEFINITE;
-    }
-    f64_to_f80(f64::from_bits(r))
-}
-
-/// A function of one value computed in double precision (the transcendental instructions).
-fn unary(v: u128, flags: &mut u32, f: impl Fn(f64) -> f64) -> u128 {
-    if let Err(r) = screen(&[v], flags) {
-        return r;
-    }
-    let r = f(f80_to_f64(v));
-    if r.is_nan() {
-        *flags |= IE;
-        return F80_INDEFINITE;
-    }
-    *flags |= PE;
-    f64_to_f80(r)
-}
-
-/// Compares two extended values exactly; `None` if unordered.
-fn compare(a: u128, b: u128) -> Option<core::cmp::Ordering> {
-    use core::cmp::Ordering;
-    let (fa, fb) = (F80::unpack(a), F80::unpack(b));
-    if fa.is_nan() || fb.is_nan() || fa.is_unsupported() || fb.is_unsupported() {
-        return None;
-    }
-    let zero = |f: F80| f.mant == 0 && f.exp != 0x7fff;
-    if zero(fa) && zero(fb) {
-        return Some(Ordering::Equal);
-    }
-    let key = |f: F80| {
-        if zero(f) {
-            (0, 0)
-        } else {
-            (f.exp.max(1), f.mant)
-        }
-    };
-    let mag = key(fa).cmp(&key(fb));
-    Some(match (fa.sign && !zero(fa), fb.sign && !zero(fb)) {
-        (false, false) => mag,
-        (true, true) => mag.reverse(),
-        (false, true) => Ordering::Greater,
-        (true, false) => Ordering::Less,
-    })
-}
-
-/// Reads a memory operand as an extended value (exact), by the instruction's memory size.
-fn load(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> Result<u128> {
+/// Reads a memory operand as an extended value, by the instruction's memory size.
+fn load(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> Result<Loaded> {
     let (seg, off) = (cpu.mem_seg(insn), cpu.ea(insn));
     let ms = insn.memory_size();
     if ms == MemorySize::Float80 {
         let lin = cpu.linear(seg, off, 10, false)?;
         let mut b = [0u8; 16];
         cpu.read_linear(bus, lin, &mut b[..10], crate::mmu::Privilege::Current)?;
-        return Ok(u128::from_le_bytes(b));
+        let v = u128::from_le_bytes(b);
+        let denormal = is_denormal(F80::unpack(v));
+        return Ok(Loaded { v, denormal });
     }
     let size = ms.size() as u32;
     let v = cpu.read_mem(bus, seg, off, size)?;
     Ok(match ms {
-        MemorySize::Float32 => f64_to_f80(f64::from(f32::from_bits(v as u32))),
-        MemorySize::Float64 => f64_to_f80(f64::from_bits(v)),
-        _ => softfloat::int_to_f80(sign_extend(v, size) as i64),
+        MemorySize::Float32 => Loaded {
+            v: softfloat::ieee_to_f80(v, Fmt::S),
+            denormal: Fmt::S.is_denormal(v),
+        },
+        MemorySize::Float64 => Loaded {
+            v: softfloat::ieee_to_f80(v, Fmt::D),
+            denormal: Fmt::D.is_denormal(v),
+        },
+        _ => Loaded {
+            v: softfloat::int_to_f80(sign_extend(v, size) as i64),
+            denormal: false,
+        },
     })
 }
 
@@ -388,6 +340,10 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
             cpu.state.x87.fdp = cpu.ea(insn);
         }
     }
+    if !is_control(m) {
+        // Every other instruction writes C1: the rounding indicator, or 0 unless set below.
+        cpu.state.x87.fsw &= !SW_C1;
+    }
     let mut flags = 0u32;
     match m {
         M::Wait | M::Fnop | M::Fneni | M::Fndisi | M::Fnsetpm => {}
@@ -422,16 +378,9 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
         }
         M::Fld => {
             let v = if mem {
-                let v = load(cpu, bus, insn)?;
+                let Loaded { v, denormal } = load(cpu, bus, insn)?;
                 let f = F80::unpack(v);
-                // Single and double values were converted exactly; a denormal source shows as
-                // an exponent below the source format's smallest normal one.
-                let min_normal = match insn.memory_size() {
-                    MemorySize::Float32 => 16383 - 126,
-                    MemorySize::Float64 => 16383 - 1022,
-                    _ => 1,
-                };
-                if is_denormal(f) || (f.mant != 0 && f.exp < min_normal) {
+                if denormal {
                     flags |= DE;
                 }
                 if f.is_snan() && insn.memory_size() != MemorySize::Float80 {
@@ -461,7 +410,7 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
             }
         }
         M::Fild => {
-            let v = load(cpu, bus, insn)?;
+            let v = load(cpu, bus, insn)?.v;
             push(&mut cpu.state.x87, v);
         }
         M::Fld1 => push(&mut cpu.state.x87, ONE),
@@ -488,18 +437,20 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
                 return Ok(Flow::Next);
             };
             if mem {
-                let (bits, size) = match insn.memory_size() {
-                    MemorySize::Float32 => (softfloat::f80_to(v, Fmt::S, rc(x), &mut flags), 4),
-                    MemorySize::Float64 => (softfloat::f80_to(v, Fmt::D, rc(x), &mut flags), 8),
-                    _ => (0, 10),
+                let ((bits, up), size) = match insn.memory_size() {
+                    MemorySize::Float32 => (softfloat::f80_to(v, Fmt::S, env(x), &mut flags), 4),
+                    MemorySize::Float64 => (softfloat::f80_to(v, Fmt::D, env(x), &mut flags), 8),
+                    _ => ((0, false), 10),
                 };
-                if is_denormal(F80::unpack(v)) {
-                    flags |= DE;
-                }
                 let out = if size == 10 { v } else { u128::from(bits) };
-                if !signal(&mut cpu.state.x87, flags) {
+                if flags & !u32::from(x.fcw) & (OE | UE) != 0 {
+                    // An unmasked overflow or underflow stores nothing, so nothing was inexact.
+                    flags &= !PE;
+                }
+                if !signal(x, flags) {
                     return Ok(Flow::Next);
                 }
+                set_c1(x, up);
                 store(cpu, bus, insn, size, out)?;
             } else {
                 let i = st_index(insn, 0);
@@ -513,18 +464,19 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
             let size = insn.memory_size().size() as u32;
             let x = &mut cpu.state.x87;
             let round = if m == M::Fisttp { Round::Zero } else { rc(x) };
-            let v = match get(x, 0) {
+            let (v, up) = match get(x, 0) {
                 Some(v) => softfloat::f80_to_int(v, size * 8, round, &mut flags),
                 None => {
                     if !stack_fault(x, false) {
                         return Ok(Flow::Next);
                     }
-                    1 << (size * 8 - 1)
+                    (1 << (size * 8 - 1), false)
                 }
             };
-            if !signal(&mut cpu.state.x87, flags) {
+            if !signal(x, flags) {
                 return Ok(Flow::Next);
             }
+            set_c1(x, up);
             let (seg, off) = (cpu.mem_seg(insn), cpu.ea(insn));
             cpu.write_mem(bus, seg, off, size, v)?;
             if m != M::Fist {
@@ -564,27 +516,33 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
             };
             let x = &mut cpu.state.x87;
             let a = get(x, dst);
-            let b = match src {
-                Some(v) => Some(v),
-                None => get(x, st_index(insn, 1)),
+            let (b, denormal) = match src {
+                Some(l) => (Some(l.v), l.denormal),
+                None => (get(x, st_index(insn, 1)), false),
             };
             let r = match (a, b) {
                 (Some(a), Some(b)) => {
                     let (l, r) = if reverse { (b, a) } else { (a, b) };
-                    Some(arith(op, l, r, rc(x), &mut flags))
+                    Some(arith(op, l, r, x, denormal, &mut flags))
                 }
-                _ => stack_fault(x, false).then_some(F80_INDEFINITE),
+                _ => stack_fault(x, false).then_some(X87Value {
+                    bits: F80_INDEFINITE,
+                    up: false,
+                }),
             };
+            // An unmasked invalid, denormal or zero-divide exception leaves the stack alone,
+            // the pop included.
             if let Some(r) = r
-                && signal(x, flags)
+                && signal_result(x, flags)
             {
-                set(x, dst, r);
-            }
-            if matches!(
-                m,
-                M::Faddp | M::Fsubp | M::Fsubrp | M::Fmulp | M::Fdivp | M::Fdivrp
-            ) {
-                pop(x);
+                set(x, dst, r.bits);
+                set_c1(x, r.up);
+                if matches!(
+                    m,
+                    M::Faddp | M::Fsubp | M::Fsubrp | M::Fmulp | M::Fdivp | M::Fdivrp
+                ) {
+                    pop(x);
+                }
             }
         }
         M::Fcom
@@ -605,6 +563,8 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
             } else {
                 None
             };
+            let denormal = src.as_ref().is_some_and(|l| l.denormal);
+            let src = src.map(|l| l.v);
             let x = &mut cpu.state.x87;
             let b = match (src, m) {
                 (Some(v), _) => Some(v),
@@ -629,7 +589,7 @@ fn run(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
                         || (unordered && !quiet_ok)
                     {
                         flags |= IE;
-                    } else if is_denormal(fa) || is_denormal(fb) {
+                    } else if denormal || is_denormal(fa) || is_denormal(fb) {
                         flags |= DE;
                     }
                     signal(x, flags).then(|| compare(a, b))

@@ -499,3 +499,27 @@ fn xsave_without_osxsave_is_ud() {
     let (mut cpu, mut bus, _) = machine(|a| a.xsave(ptr(rsi)));
     assert_eq!(exec(&mut cpu, &mut bus), Err(Fault::ud().into()));
 }
+
+#[test]
+fn tiny_inexact_products_set_ue_and_pe() {
+    let (mut cpu, mut bus, n) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.mulsd(xmm2, ptr(rsi))
+    });
+    bus.write_u64(DATA, 1e-10f64.to_bits());
+    cpu.state.xmm[2] = f64x2(1e-300, 0.0);
+    run(&mut cpu, &mut bus, n);
+    assert_eq!(cpu.state.mxcsr, 0x1fb0);
+    assert_eq!(lo64(cpu.state.xmm[2]), 1e-310);
+}
+
+#[test]
+fn packed_division_by_zero_of_a_denormal_sets_ze_only() {
+    let (mut cpu, mut bus, n) = machine(|a| a.divps(xmm0, xmm1));
+    // Lanes: denormal / 0, 1 / 1, 0 / 1, 2 / 2.
+    cpu.state.xmm[0] = 0x4000_0000_0000_0000_3f80_0000_0000_0001;
+    cpu.state.xmm[1] = 0x4000_0000_3f80_0000_3f80_0000_0000_0000;
+    run(&mut cpu, &mut bus, n);
+    assert_eq!(cpu.state.mxcsr & 0x3f, 0x4);
+    assert_eq!(cpu.state.xmm[0] as u32, 0x7f80_0000);
+}

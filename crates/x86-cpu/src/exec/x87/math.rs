@@ -1,13 +1,15 @@
 //! The x87 instructions that work on ST(0) and perhaps ST(1): sign operations, square root,
-//! rounding, scaling, extraction, remainders and the transcendental functions (computed in
-//! double precision).
+//! rounding, scaling, extraction and remainders (exact, or rounded once in extended precision),
+//! and the transcendental functions (computed in double precision).
 
 use iced_x86::Mnemonic;
 
-use super::softfloat::{self, F80, F80_INDEFINITE, IE, Op, PE, Round, ZE, f64_to_f80, f80_to_f64};
+use super::softfloat::{
+    self, F80, F80_INDEFINITE, IE, Op, PE, X87Value, ZE, f64_to_f80, f80_to_f64,
+};
 use super::{
-    ONE, SW_C0, SW_C1, SW_C2, SW_C3, SW_CC, arith, get, is_empty, pop, push, rc, screen, set,
-    signal, stack_fault, unary,
+    ONE, SW_C0, SW_C1, SW_C2, SW_C3, SW_CC, X87, arith, env, get, is_empty, pop, push, rc, screen,
+    set, set_c1, signal, signal_result, stack_fault, unary,
 };
 use crate::exec::{Cpu, ExecResult, Flow, Stop};
 
@@ -55,6 +57,12 @@ pub(super) fn execute(cpu: &mut Cpu, m: Mnemonic) -> ExecResult {
     let mut flags = 0;
     let round = rc(x);
     let fa = F80::unpack(a);
+    // Whether the ST(0) result was rounded up in magnitude (C1).
+    let mut up = false;
+    let mut rounded = |v: X87Value| {
+        up = v.up;
+        v.bits
+    };
     let sign = 1u128 << 79;
     // Results for ST(0) and, for the two-result instructions, ST(1) or a pushed value.
     enum Out {
@@ -66,18 +74,18 @@ pub(super) fn execute(cpu: &mut Cpu, m: Mnemonic) -> ExecResult {
     let out = match m {
         M::Fchs => Out::St0(a ^ sign),
         M::Fabs => Out::St0(a & !sign),
-        M::Fsqrt => Out::St0(arith(Op::Sqrt, 0, a, round, &mut flags)),
-        M::Frndint => Out::St0(match screen(&[a], &mut flags) {
+        M::Fsqrt => Out::St0(rounded(arith(Op::Sqrt, 0, a, x, false, &mut flags))),
+        M::Frndint => Out::St0(match screen(&[a], false, &mut flags) {
             Err(r) => r,
-            Ok(()) => softfloat::f80_round_int(a, round, &mut flags),
+            Ok(()) => rounded(softfloat::f80_round_int(a, round, &mut flags)),
         }),
-        M::Fscale => Out::St0(scale(a, b, &mut flags)),
+        M::Fscale => Out::St0(rounded(scale(a, b, x, &mut flags))),
         M::Fprem | M::Fprem1 => {
             let (r, cc) = remainder(a, b, m == M::Fprem1, &mut flags);
             x.fsw = (x.fsw & !SW_CC) | cc;
             Out::St0(r)
         }
-        M::Fxtract => match screen(&[a], &mut flags) {
+        M::Fxtract => match screen(&[a], false, &mut flags) {
             Err(r) => Out::Push(r, r),
             Ok(()) if fa.is_zero() => {
                 flags |= ZE;
@@ -117,7 +125,7 @@ pub(super) fn execute(cpu: &mut Cpu, m: Mnemonic) -> ExecResult {
             (v * core::f64::consts::LN_2).exp_m1()
         })),
         M::Fpatan | M::Fyl2x | M::Fyl2xp1 => {
-            let r = match screen(&[b, a], &mut flags) {
+            let r = match screen(&[b, a], false, &mut flags) {
                 Err(r) => r,
                 Ok(()) => {
                     let (y, xv) = (f80_to_f64(b), f80_to_f64(a));
@@ -144,11 +152,21 @@ pub(super) fn execute(cpu: &mut Cpu, m: Mnemonic) -> ExecResult {
         }
         _ => Out::Nothing,
     };
-    if !signal(x, flags) {
+    let write = if matches!(m, M::Fsqrt | M::Fscale) {
+        signal_result(x, flags)
+    } else {
+        signal(x, flags)
+    };
+    if !write {
         return Ok(Flow::Next);
     }
     match out {
-        Out::St0(v) => set(x, 0, v),
+        Out::St0(v) => {
+            set(x, 0, v);
+            if !matches!(m, M::Fprem | M::Fprem1) {
+                set_c1(x, up);
+            }
+        }
         Out::St1Pop(v) => {
             set(x, 1, v);
             pop(x);
@@ -169,80 +187,57 @@ pub(super) fn execute(cpu: &mut Cpu, m: Mnemonic) -> ExecResult {
     Ok(Flow::Next)
 }
 
-/// FSCALE: `a` times 2 to the power of `b` truncated, exact while the result stays normal.
-fn scale(a: u128, b: u128, flags: &mut u32) -> u128 {
-    if let Err(r) = screen(&[a, b], flags) {
-        return r;
+/// FSCALE: `a` times 2 to the power of `b` truncated, rounded to extended precision.
+fn scale(a: u128, b: u128, x: &X87, flags: &mut u32) -> X87Value {
+    let exact = |bits| X87Value { bits, up: false };
+    if let Err(r) = screen(&[a, b], false, flags) {
+        return exact(r);
     }
     let (fa, fb) = (F80::unpack(a), F80::unpack(b));
     if fb.is_inf() {
         // Scaling by infinity: 0 * 2^inf and inf * 2^-inf are invalid.
         if (fa.is_zero() && !fb.sign) || (fa.is_inf() && fb.sign) {
             *flags |= IE;
-            return F80_INDEFINITE;
+            return exact(F80_INDEFINITE);
         }
-        return if fa.is_zero() || fa.is_inf() {
-            a
+        let exp = if fa.is_zero() || fa.is_inf() {
+            return exact(a);
         } else if fb.sign {
-            F80 {
-                sign: fa.sign,
-                exp: 0,
-                mant: 0,
-            }
-            .pack()
+            0
         } else {
+            0x7fff
+        };
+        let mant = if exp == 0 { 0 } else { 1 << 63 };
+        return exact(
             F80 {
                 sign: fa.sign,
-                exp: 0x7fff,
-                mant: 1 << 63,
+                exp,
+                mant,
             }
-            .pack()
-        };
+            .pack(),
+        );
     }
-    if fa.is_zero() || fa.is_inf() {
-        return a;
-    }
-    let n = softfloat::f80_to_int(b, 64, Round::Zero, &mut 0) as i64;
-    let e = i64::from(fa.exp);
-    if fa.mant >> 63 != 0 && e + n > 0 && e + n < 0x7fff {
-        return F80 {
-            exp: (e + n) as u16,
-            ..fa
-        }
-        .pack();
-    }
-    // Out of the simple range: through double precision.
-    let x = f80_to_f64(a) * 2f64.powi(n.clamp(-3000, 3000) as i32);
-    if x.is_infinite() {
-        *flags |= softfloat::OE | PE;
-    }
-    f64_to_f80(x)
+    softfloat::f80_scale(a, b, env(x), flags)
 }
 
-/// FPREM/FPREM1: the remainder (C2 clear: always complete) and the three low quotient bits in
-/// C0, C3, C1.
+/// FPREM/FPREM1: the exact (partial) remainder, with C2 set while the reduction is incomplete
+/// and otherwise the three low quotient bits in C0, C3, C1.
 fn remainder(a: u128, b: u128, ieee: bool, flags: &mut u32) -> (u128, u16) {
-    if let Err(r) = screen(&[a, b], flags) {
+    if let Err(r) = screen(&[a, b], false, flags) {
         return (r, 0);
     }
-    let (x, y) = (f80_to_f64(a), f80_to_f64(b));
-    if x.is_infinite() || y == 0.0 {
+    let (fa, fb) = (F80::unpack(a), F80::unpack(b));
+    if fa.is_inf() || fb.is_zero() {
         *flags |= IE;
         return (F80_INDEFINITE, 0);
     }
-    if y.is_infinite() {
+    if fb.is_inf() {
         return (a, 0);
     }
-    let mut r = x % y;
-    let mut q = ((x - r) / y).abs().round();
-    if ieee {
-        let half = y.abs() / 2.0;
-        if r.abs() > half || (r.abs() == half && q % 2.0 == 1.0) {
-            r -= y.abs().copysign(x);
-            q += 1.0;
-        }
+    let (r, q, complete) = softfloat::f80_remainder(a, b, ieee);
+    if !complete {
+        return (r, SW_C2);
     }
-    let q = if q < 1.8e19 { q as u64 } else { 0 };
     let mut cc = 0;
     if q & 4 != 0 {
         cc |= SW_C0;
@@ -253,6 +248,5 @@ fn remainder(a: u128, b: u128, ieee: bool, flags: &mut u32) -> (u128, u16) {
     if q & 1 != 0 {
         cc |= SW_C1;
     }
-    let r = if r == 0.0 { 0f64.copysign(x) } else { r };
-    (f64_to_f80(r), cc)
+    (r, cc)
 }

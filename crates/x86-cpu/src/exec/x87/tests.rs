@@ -186,10 +186,12 @@ fn fprem_gives_the_remainder_and_quotient_bits() {
     });
     bus.write_u64(DATA, 23.5f64.to_bits());
     bus.write_u64(DATA + 8, 3.0f64.to_bits());
-    run(&mut cpu, &mut bus, n);
-    assert_eq!(f64::from_bits(bus.read_u64(DATA + 16)), 2.5);
+    run(&mut cpu, &mut bus, n - 1);
     // Quotient 7: C0, C3, C1 all set, C2 clear (complete).
     assert_eq!(cpu.state.x87.fsw & SW_CC, SW_C0 | SW_C3 | SW_C1);
+    run(&mut cpu, &mut bus, 1);
+    assert_eq!(f64::from_bits(bus.read_u64(DATA + 16)), 2.5);
+    assert_eq!(cpu.state.x87.fsw & SW_C1, 0, "the exact store clears C1");
 }
 
 #[test]
@@ -209,4 +211,88 @@ fn fnsave_frstor_round_trip() {
     assert_eq!(cpu.state.x87.ftw, 0x0fff);
     assert_eq!(cpu.state.x87.top(), 6);
     assert_eq!(st(&cpu, 0), ONE);
+}
+
+#[test]
+fn rounding_up_sets_c1_and_exact_results_clear_it() {
+    let (mut cpu, mut bus, _) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.fild(dword_ptr(rsi))?;
+        a.fadd(qword_ptr(rsi + 8))?;
+        a.fistp(qword_ptr(rsi + 16))?;
+        a.fld(qword_ptr(rsi + 8))?;
+        a.fchs()
+    });
+    bus.write_u64(DATA, 1);
+    bus.write_u64(DATA + 8, 0.5f64.to_bits());
+    run(&mut cpu, &mut bus, 4);
+    // 1.5 rounds to 2: up, inexact (the silicon's FSW 0x220 of the report).
+    assert_eq!(bus.read_u64(DATA + 16), 2);
+    assert_eq!(cpu.state.x87.fsw & (SW_C1 | 0x3f), SW_C1 | PE as u16);
+    run(&mut cpu, &mut bus, 2);
+    assert_eq!(cpu.state.x87.fsw & SW_C1, 0, "FLD and FCHS clear C1");
+}
+
+#[test]
+fn precision_control_rounds_arithmetic_to_24_bits() {
+    let (mut cpu, mut bus, n) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.fldcw(word_ptr(rsi + 24))?;
+        a.fild(dword_ptr(rsi))?;
+        a.fadd(qword_ptr(rsi + 8))?;
+        a.fistp(qword_ptr(rsi + 16))
+    });
+    bus.write_u64(DATA, 3);
+    bus.write_u64(DATA + 8, 2f64.powi(30).to_bits());
+    // PC = 24 bits, RC = up (FCW 0x87f, as in the report).
+    bus.write_u64(DATA + 24, 0x87f);
+    run(&mut cpu, &mut bus, n - 1);
+    assert_eq!(cpu.state.x87.fsw & SW_C1, SW_C1, "the sum was rounded up");
+    run(&mut cpu, &mut bus, 1);
+    // 2^30 + 3 needs 31 bits; 24 keep multiples of 2^7.
+    assert_eq!(bus.read_u64(DATA + 16), (1 << 30) + (1 << 7));
+}
+
+#[test]
+fn denormal_memory_operands_raise_de() {
+    let (mut cpu, mut bus, n) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.fild(dword_ptr(rsi))?;
+        a.fadd(qword_ptr(rsi + 8))
+    });
+    bus.write_u64(DATA, 7);
+    bus.write_u64(DATA + 8, 1);
+    run(&mut cpu, &mut bus, n);
+    assert_eq!(cpu.state.x87.fsw & 0x3f, DE as u16 | PE as u16);
+}
+
+#[test]
+fn nans_of_equal_significand_give_the_positive_one() {
+    let (mut cpu, mut bus, n) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.fld(qword_ptr(rsi))?;
+        a.fadd(qword_ptr(rsi + 8))
+    });
+    bus.write_u64(DATA, 0xfff8_0000_0000_0000);
+    bus.write_u64(DATA + 8, 0x7ff8_0000_0000_0000);
+    run(&mut cpu, &mut bus, n);
+    assert_eq!(st(&cpu, 0), 0x7fff_c000_0000_0000_0000);
+}
+
+#[test]
+fn unmasked_zero_divide_leaves_the_stack_alone() {
+    let (mut cpu, mut bus, n) = machine(|a| {
+        a.mov(rsi, DATA)?;
+        a.fldcw(word_ptr(rsi + 16))?;
+        a.fld(qword_ptr(rsi))?;
+        a.fld(qword_ptr(rsi + 8))?;
+        a.fdivp(st1, st0)
+    });
+    bus.write_u64(DATA, 1f64.to_bits());
+    bus.write_u64(DATA + 8, 0);
+    bus.write_u64(DATA + 16, 0x37b);
+    run(&mut cpu, &mut bus, n);
+    assert_eq!(cpu.state.x87.top(), 6, "no pop");
+    assert_eq!(st(&cpu, 1), ONE);
+    assert_eq!(cpu.state.x87.fsw & (SW_ES | 0x3f), SW_ES | ZE as u16);
 }
