@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod clock;
 pub mod interrupt;
+pub mod lapic;
 pub mod legacy;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

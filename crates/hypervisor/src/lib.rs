@@ -5,10 +5,15 @@
 //! backend-neutral [`VmExit`]. Port and MMIO accesses never leave the backend as exits: they are
 //! handed to the [`VmOps`] callback given at VM creation, the way Cloud Hypervisor's `VmOps` works.
 //!
+//! Two engines: [`kvm`] (hardware-assisted, through `/dev/kvm`) and [`emu`] (popek's software
+//! CPU, `x86_cpu`).
+//!
 //! This crate knows nothing of devices or of the API: it only moves bytes between the guest and
-//! the callback.
+//! the callback. The software CPU's local APICs, which KVM keeps in the kernel, come from the
+//! VMM through the [`emu::LocalApics`] trait.
 
 mod cpu;
+pub mod emu;
 mod exit;
 pub mod kvm;
 
@@ -53,12 +58,20 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
     /// The guest asked for more vCPUs than the engine supports.
-    #[error("{requested} vCPUs requested, but this host's KVM supports at most {max}")]
+    #[error("{requested} vCPUs requested, but this engine supports at most {max}")]
     TooManyVcpus {
         /// vCPUs asked for.
         requested: u32,
         /// The engine's limit.
         max: u32,
+    },
+    /// A register value the engine cannot take.
+    #[error("Invalid {register} value {value:#x}")]
+    InvalidRegister {
+        /// The register.
+        register: &'static str,
+        /// The value refused.
+        value: u64,
     },
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vmm::{SerialConfig, VmOutcome, VmRequest};
+use vmm::{Accel, ClockConfig, SerialConfig, VmOutcome, VmRequest};
 
 /// Kernel command line when none is given: the console (and the early console) on COM1, reboot
 /// through the keyboard
@@ -19,7 +19,11 @@ const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "popek", version, about = "Run virtual machines with KVM")]
+#[command(
+    name = "popek",
+    version,
+    about = "Run virtual machines with KVM or popek's software CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +64,16 @@ struct RunArgs {
     /// Hide a CPU feature from the guest (repeatable), e.g. --hide-cpu-feature xsave.
     #[arg(long = "hide-cpu-feature", value_name = "NAME")]
     hide_cpu_features: Vec<String>,
+    /// CPU engine: kvm, emu (popek's software CPU) or auto (KVM when /dev/kvm is usable).
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    accel: Accel,
+    /// Guest time: host, or instructions (1 ns per instruction the software CPU retires,
+    /// skipping idle time: runs are deterministic with one vCPU; implies --accel emu).
+    #[arg(long, default_value = "host", value_parser = parse_clock)]
+    clock: ClockConfig,
+    /// Say on stderr which engine runs the guest, and why.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +83,14 @@ enum ImageAction {
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    s.parse().map_err(|e: vmm::ConfigError| e.to_string())
+}
+
+fn parse_accel(s: &str) -> Result<Accel, String> {
+    s.parse().map_err(|e: vmm::ConfigError| e.to_string())
+}
+
+fn parse_clock(s: &str) -> Result<ClockConfig, String> {
     s.parse().map_err(|e: vmm::ConfigError| e.to_string())
 }
 
@@ -121,10 +143,19 @@ fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
         memory: args.memory,
         serial: args.serial,
         hide_cpu_features: args.hide_cpu_features,
+        accel: args.accel,
+        clock: args.clock,
     };
     let host_ram = vmm::config::host_ram().context("Cannot read the host's RAM size")?;
     let config = request.validate(host_ram)?;
-    Ok(vmm::run(&config)?)
+    let engine = vmm::Engine::select(&config)?;
+    if args.verbose {
+        match engine.fallback_reason() {
+            Some(why) => eprintln!("popek: engine {} (KVM unusable: {why})", engine.name()),
+            None => eprintln!("popek: engine {}", engine.name()),
+        }
+    }
+    Ok(vmm::run_on(&config, engine)?)
 }
 
 fn main() -> ExitCode {

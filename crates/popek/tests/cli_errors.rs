@@ -116,7 +116,7 @@ fn missing_dev_kvm_is_reported() {
         return;
     }
     let script = format!(
-        "mount -t tmpfs none /dev && exec {} run --kernel {} --serial none",
+        "mount -t tmpfs none /dev && exec {} run --accel kvm --kernel {} --serial none",
         env!("CARGO_BIN_EXE_popek"),
         hello()
     );

@@ -1,7 +1,7 @@
 //! A VM's configuration, valid by construction.
 //!
 //! The CLI (or, later, the API) parses what the user typed into a [`VmConfig`] through
-//! [`VmConfig::validate`], which checks everything that can be checked before a VM exists.
+//! [`VmRequest::validate`], which checks everything that can be checked before a VM exists.
 
 use std::path::PathBuf;
 
@@ -57,6 +57,63 @@ pub enum ConfigError {
     /// An unknown CPU feature name.
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
+    /// A malformed `--accel` value.
+    #[error("Invalid --accel '{0}': use kvm, emu or auto")]
+    BadAccel(String),
+    /// A malformed `--clock` value.
+    #[error("Invalid --clock '{0}': use host or instructions")]
+    BadClock(String),
+    /// The instruction clock with an engine that cannot count instructions.
+    #[error("--clock instructions needs the software CPU: use --accel emu (KVM runs on host time)")]
+    ClockNeedsEmu,
+}
+
+/// Which CPU engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM (hardware-assisted, or the host's paravirtual KVM).
+    Kvm,
+    /// popek's software x86-64 CPU.
+    Emu,
+    /// KVM if `/dev/kvm` opens and has what popek needs, else the software CPU.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "emu" => Ok(Accel::Emu),
+            "auto" => Ok(Accel::Auto),
+            _ => Err(ConfigError::BadAccel(s.to_string())),
+        }
+    }
+}
+
+/// What the guest's time follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockConfig {
+    /// The host's monotonic clock.
+    #[default]
+    Host,
+    /// Instructions retired by the software CPU, 1 ns each, skipping ahead when every vCPU
+    /// waits: the same guest run twice sees the same times (with one vCPU).
+    Instructions,
+}
+
+impl std::str::FromStr for ClockConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(ClockConfig::Host),
+            "instructions" => Ok(ClockConfig::Instructions),
+            _ => Err(ConfigError::BadClock(s.to_string())),
+        }
+    }
 }
 
 /// Most vCPUs a VM may have: APIC IDs are 8 bits in the MADT popek writes, and 255 is broadcast.
@@ -142,6 +199,10 @@ pub struct VmRequest {
     pub serial: SerialConfig,
     /// CPU features to hide, by name.
     pub hide_cpu_features: Vec<String>,
+    /// CPU engine.
+    pub accel: Accel,
+    /// Guest clock.
+    pub clock: ClockConfig,
 }
 
 /// A validated VM configuration.
@@ -161,6 +222,11 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// CPU features hidden from the guest.
     pub hidden_features: Vec<CpuFeature>,
+    /// CPU engine: with [`ClockConfig::Instructions`], never [`Accel::Kvm`] (and
+    /// [`Accel::Auto`] means the software CPU).
+    pub accel: Accel,
+    /// Guest clock.
+    pub clock: ClockConfig,
 }
 
 impl VmRequest {
@@ -202,6 +268,11 @@ impl VmRequest {
                 path: initrd.clone(),
             });
         }
+        let accel = match (self.accel, self.clock) {
+            (Accel::Kvm, ClockConfig::Instructions) => return Err(ConfigError::ClockNeedsEmu),
+            (Accel::Auto, ClockConfig::Instructions) => Accel::Emu,
+            (accel, _) => accel,
+        };
         let hidden_features = self
             .hide_cpu_features
             .iter()
@@ -215,6 +286,8 @@ impl VmRequest {
             memory,
             serial: self.serial,
             hidden_features,
+            accel,
+            clock: self.clock,
         })
     }
 }
@@ -243,6 +316,8 @@ mod tests {
             memory: "512M".into(),
             serial: SerialConfig::None,
             hide_cpu_features: vec![],
+            accel: Accel::Auto,
+            clock: ClockConfig::Host,
         }
     }
 
@@ -314,5 +389,37 @@ mod tests {
         .validate(1 << 40)
         .unwrap_err();
         assert_eq!(err.to_string(), "Kernel /no/such/kernel does not exist");
+    }
+
+    #[test]
+    fn accel_and_clock_values_parse_or_are_refused() {
+        assert_eq!("kvm".parse(), Ok(Accel::Kvm));
+        assert_eq!("emu".parse(), Ok(Accel::Emu));
+        assert_eq!("auto".parse(), Ok(Accel::Auto));
+        assert_eq!(
+            "tcg".parse::<Accel>().unwrap_err().to_string(),
+            "Invalid --accel 'tcg': use kvm, emu or auto"
+        );
+        assert_eq!("instructions".parse(), Ok(ClockConfig::Instructions));
+        assert!("wall".parse::<ClockConfig>().is_err());
+    }
+
+    #[test]
+    fn instruction_clock_picks_the_software_cpu_and_refuses_kvm() {
+        let config = VmRequest {
+            clock: ClockConfig::Instructions,
+            ..request()
+        }
+        .validate(1 << 40)
+        .unwrap();
+        assert_eq!(config.accel, Accel::Emu);
+        let err = VmRequest {
+            accel: Accel::Kvm,
+            clock: ClockConfig::Instructions,
+            ..request()
+        }
+        .validate(1 << 40)
+        .unwrap_err();
+        assert_eq!(err, ConfigError::ClockNeedsEmu);
     }
 }

@@ -6,11 +6,14 @@
 
 pub mod config;
 pub mod control;
+pub mod engine;
+pub mod lapics;
 pub mod platform;
 pub mod terminal;
 pub mod vcpu;
 mod vm;
 
-pub use config::{ConfigError, SerialConfig, VmConfig, VmRequest};
+pub use config::{Accel, ClockConfig, ConfigError, SerialConfig, VmConfig, VmRequest};
 pub use control::VmOutcome;
-pub use vm::{VmmError, run};
+pub use engine::Engine;
+pub use vm::{VmmError, run, run_on};

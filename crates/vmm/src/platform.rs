@@ -13,10 +13,12 @@ use devices::legacy::{
     ioapic, serial,
 };
 use devices::{Bus, BusError};
+use hypervisor::emu::EmuTime;
 use hypervisor::{Vm, VmOps};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::control::{Control, VmOutcome};
+use crate::lapics::{EngineClock, EngineTimer};
 use crate::vcpu::VcpuHandle;
 
 /// Errors of platform setup.
@@ -166,6 +168,15 @@ impl Timer for FdTimer {
     }
 }
 
+/// Where the devices' time comes from.
+#[derive(Clone)]
+pub enum DeviceTime {
+    /// The host's clock; device timers are timerfds that the event loop watches (KVM).
+    Host,
+    /// The software CPU's clock; its vCPU threads fire device timers.
+    Engine(Arc<EmuTime>),
+}
+
 /// The platform's devices.
 pub struct Platform {
     /// The buses, shared with the CPU engine.
@@ -176,8 +187,8 @@ pub struct Platform {
     pub ioapic: Arc<Mutex<Ioapic>>,
     /// The PIT.
     pub pit: Arc<Mutex<Pit>>,
-    /// The PIT's timer.
-    pub pit_timer: Arc<FdTimer>,
+    /// The PIT's timer, when the event loop fires it (host time).
+    pub pit_timer: Option<Arc<FdTimer>>,
     /// COM1.
     pub serial: Arc<Mutex<Serial>>,
     /// Where IOAPIC messages go.
@@ -187,11 +198,12 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Creates the legacy devices and puts them on the buses.
+    /// Creates the legacy devices and puts them on the buses, with their time from `time`.
     pub fn new(
         control: Arc<Control>,
         serial_out: Box<dyn Write + Send>,
         memory: (u64, u64),
+        time: &DeviceTime,
     ) -> Result<Self, PlatformError> {
         let irq_err = |e: devices::legacy::IrqRouterError| PlatformError::Irq(e.to_string());
         let vm_control: Arc<dyn VmControl> = control;
@@ -201,13 +213,33 @@ impl Platform {
         let ioapic = Arc::new(Mutex::new(Ioapic::new(msi.clone())));
         let router = IrqRouter::new(pic.clone(), ioapic.clone());
 
-        let clock: Arc<dyn Clock> = Arc::new(HostClock::new());
-        let pit_timer = Arc::new(FdTimer::new(clock.clone()).map_err(PlatformError::Timer)?);
-        let pit = Arc::new(Mutex::new(Pit::new(
-            clock,
-            pit_timer.clone(),
-            router.isa_irq(0).map_err(irq_err)?,
-        )));
+        let irq0 = router.isa_irq(0).map_err(irq_err)?;
+        let (pit, pit_timer) = match time {
+            DeviceTime::Host => {
+                let clock: Arc<dyn Clock> = Arc::new(HostClock::new());
+                let timer = Arc::new(FdTimer::new(clock.clone()).map_err(PlatformError::Timer)?);
+                let pit = Pit::new(clock, timer.clone(), irq0);
+                (Arc::new(Mutex::new(pit)), Some(timer))
+            }
+            DeviceTime::Engine(time) => {
+                // The timer's callback needs the PIT, which needs the timer.
+                let slot: Arc<OnceLock<std::sync::Weak<Mutex<Pit>>>> = Arc::default();
+                let target = slot.clone();
+                let timer = time.timer(Box::new(move || {
+                    if let Some(pit) = target.get().and_then(std::sync::Weak::upgrade) {
+                        pit.lock().unwrap_or_else(|p| p.into_inner()).expire();
+                    }
+                }));
+                let clock: Arc<dyn Clock> = Arc::new(EngineClock(time.clone()));
+                let pit = Arc::new(Mutex::new(Pit::new(
+                    clock,
+                    Arc::new(EngineTimer(timer)),
+                    irq0,
+                )));
+                let _ = slot.set(Arc::downgrade(&pit));
+                (pit, None)
+            }
+        };
         let serial = Arc::new(Mutex::new(Serial::new(
             router.isa_irq(serial::COM1_IRQ).map_err(irq_err)?,
             serial_out,
@@ -216,11 +248,20 @@ impl Platform {
             vm_control.clone(),
             router.isa_irq(acpi_pm::SCI_IRQ).map_err(irq_err)?,
         );
-        let wall_clock = Box::new(|| {
+        let host_seconds = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64)
-        });
+        };
+        let wall_clock: devices::legacy::cmos::WallClock = match time {
+            DeviceTime::Host => Box::new(host_seconds),
+            // The RTC follows the engine's clock from the host's date at start-up, so that it
+            // ticks at the rate the guest's other timers do.
+            DeviceTime::Engine(time) => {
+                let (time, start) = (time.clone(), host_seconds());
+                Box::new(move || start + (time.now_ns() / 1_000_000_000) as i64)
+            }
+        };
         let cmos = Cmos::new(memory.0, memory.1, wall_clock);
 
         let mut pio = Bus::new();

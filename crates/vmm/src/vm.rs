@@ -11,13 +11,13 @@ use arch::boot::{BootEntry, BootSource};
 use arch::cpu::{boot_msrs, setup_boot_cpu};
 use arch::cpuid::CpuidPolicy;
 use arch::layout::MemoryLayout;
-use hypervisor::kvm::KvmHypervisor;
-use hypervisor::{Hypervisor, MemoryRegion, Vcpu};
+use hypervisor::{MemoryRegion, Vcpu};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::control::{Control, VmOutcome};
+use crate::engine::Engine;
 use crate::platform::Platform;
 use crate::terminal::{self, EscapeFilter, Input};
 use crate::vcpu::{VcpuHandle, VcpuRunner};
@@ -72,9 +72,15 @@ const TOKEN_EXIT: u64 = 0;
 const TOKEN_PIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 
-/// Builds the VM described by `config`, runs it, and returns why it ended.
+/// Builds the VM described by `config` on the engine it asks for, runs it, and returns why it
+/// ended.
 pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
-    let hypervisor = KvmHypervisor::new()?;
+    run_on(config, Engine::select(config)?)
+}
+
+/// Builds the VM described by `config` on `engine`, runs it, and returns why it ended.
+pub fn run_on(config: &VmConfig, engine: Engine) -> Result<VmOutcome, VmmError> {
+    let hypervisor = engine.hypervisor.as_ref();
     if config.cpus > hypervisor.max_vcpus() {
         return Err(hypervisor::HypervisorError::TooManyVcpus {
             requested: config.cpus,
@@ -109,6 +115,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
         control.clone(),
         serial_out,
         (layout.below_4g(), layout.above_4g()),
+        &engine.time,
     )?;
     let vm = hypervisor.create_vm(platform.buses.clone())?;
     platform.msi.connect(vm.clone(), control.clone());
@@ -214,7 +221,9 @@ fn event_loop(
             .map_err(host("an epoll registration"))
     };
     add(control.event().as_raw_fd(), TOKEN_EXIT)?;
-    add(platform.pit_timer.raw_fd(), TOKEN_PIT)?;
+    if let Some(timer) = &platform.pit_timer {
+        add(timer.raw_fd(), TOKEN_PIT)?;
+    }
     let mut stdin_open = stdin_console && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
     let mut filter = EscapeFilter::default();
     let mut events = vec![EpollEvent::default(); 4];
@@ -229,7 +238,7 @@ fn event_loop(
         };
         for event in &events[..n] {
             match event.data() {
-                TOKEN_PIT if platform.pit_timer.acknowledge() => {
+                TOKEN_PIT if platform.pit_timer.as_ref().is_some_and(|t| t.acknowledge()) => {
                     platform
                         .pit
                         .lock()
