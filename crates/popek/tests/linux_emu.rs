@@ -29,12 +29,25 @@ fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, until: Instant, seen: &mu
 fn debian_kernel_boots_to_a_working_shell_on_the_software_cpu() {
     let guest = match guest_image::find_cached() {
         Ok(Some(g)) => g,
-        other => panic!("the default guest is not built ({other:?}): run `cargo xtask guest` first"),
+        other => {
+            panic!("the default guest is not built ({other:?}): run `cargo xtask guest` first")
+        }
     };
     let mut child = common::popek()
-        .args(["run", "--accel", "emu", "--kernel", guest.vmlinux.to_str().unwrap()])
+        .args([
+            "run",
+            "--accel",
+            "emu",
+            "--kernel",
+            guest.vmlinux.to_str().unwrap(),
+        ])
         .args(["--initrd", guest.initramfs.to_str().unwrap()])
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1", "--serial", "stdio"])
+        .args([
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1",
+            "--serial",
+            "stdio",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -62,6 +75,12 @@ fn debian_kernel_boots_to_a_working_shell_on_the_software_cpu() {
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(ready, "no marker line; console:\n{console}\nstderr:\n{stderr}");
-    assert!(answered, "the shell did not answer; console:\n{console}\nstderr:\n{stderr}");
+    assert!(
+        ready,
+        "no marker line; console:\n{console}\nstderr:\n{stderr}"
+    );
+    assert!(
+        answered,
+        "the shell did not answer; console:\n{console}\nstderr:\n{stderr}"
+    );
 }

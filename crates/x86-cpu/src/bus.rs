@@ -38,4 +38,10 @@ pub trait CpuBus {
         // reference to these bytes is usable while it lives.
         Some(unsafe { &*(ram as *mut [u8] as *const [AtomicU8]) })
     }
+    /// 64 bits of entropy for RDRAND and RDSEED, or `None` when there is none to give (the
+    /// instructions then report failure with CF clear, as hardware does when its source is
+    /// exhausted).
+    fn random(&mut self) -> Option<u64> {
+        None
+    }
 }

@@ -289,7 +289,15 @@ pub(crate) fn translate(
         };
         return Ok(e.page | (linear & 0xfff));
     };
-    check(state, &entry, access, user_access, linear)?;
+    if check(state, &entry, access, user_access, linear).is_err() {
+        // A cached translation may be stale: guests upgrade permissions (read-only to
+        // writable, say) without invalidating, relying on the processor dropping the TLB entry
+        // of a faulting access. Drop it and walk again, so the fault is raised only if the page
+        // tables still deny the access (otherwise the guest would fault on the same stale entry
+        // forever).
+        tlb.entries[slot].tag = 0;
+        return translate(state, tlb, bus, linear, access, privilege);
+    }
     Ok(entry.page | (linear & 0xfff))
 }
 
@@ -472,6 +480,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fresh, 0xa000);
+    }
+
+    #[test]
+    fn a_permission_upgraded_without_invalidation_is_seen_on_the_next_access() {
+        let mut bus = FlatBus::new(0x10000);
+        // Dirty but read-only, as fork leaves a copy-on-write page.
+        let s = four_level(&mut bus, PTE_P | PTE_D);
+        let mut tlb = Tlb::default();
+        translate(
+            &s,
+            &mut tlb,
+            &mut bus,
+            0x40_0000,
+            Access::Read,
+            Privilege::Current,
+        )
+        .unwrap();
+        // The guest makes the page writable and does not invlpg, as Linux does after a fault.
+        bus.write_u64(0x4000, 0x9000 | PTE_P | PTE_RW | PTE_D);
+        let pa = translate(
+            &s,
+            &mut tlb,
+            &mut bus,
+            0x40_0000,
+            Access::Write,
+            Privilege::Current,
+        );
+        assert_eq!(
+            pa,
+            Ok(0x9000),
+            "the stale read-only entry must not fault the write"
+        );
     }
 
     #[test]

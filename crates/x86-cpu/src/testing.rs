@@ -11,6 +11,8 @@ pub struct FlatBus {
     pub mem: Vec<u8>,
     pub io_writes: Vec<(u16, Vec<u8>)>,
     pub tsc: u64,
+    /// What RDRAND/RDSEED get.
+    pub random: Option<u64>,
 }
 
 impl FlatBus {
@@ -19,6 +21,7 @@ impl FlatBus {
             mem: vec![0; size],
             io_writes: Vec::new(),
             tsc: 0,
+            random: None,
         }
     }
     pub fn write(&mut self, addr: u64, bytes: &[u8]) {
@@ -75,6 +78,9 @@ impl CpuBus for FlatBus {
     fn tsc(&mut self) -> u64 {
         self.tsc += 1;
         self.tsc
+    }
+    fn random(&mut self) -> Option<u64> {
+        self.random
     }
 }
 

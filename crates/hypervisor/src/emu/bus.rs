@@ -165,6 +165,10 @@ impl CpuBus for EmuBus<'_> {
         }
     }
 
+    fn random(&mut self) -> Option<u64> {
+        Some(self.time.random())
+    }
+
     fn tsc(&mut self) -> u64 {
         // A 1 GHz TSC: one tick per nanosecond of the VM's clock.
         self.flush_time();

@@ -1,5 +1,8 @@
 //! The CPUID the software CPU can present: the x86-64 baseline, nothing it does not implement.
 //!
+//! RDRAND and RDSEED are present: without them a Linux guest seeds its random-number
+//! generator from timer jitter, which a software CPU makes very slow.
+//!
 //! Deliberately absent: x2APIC and the TSC-deadline timer (the local APIC model has neither),
 //! XSAVE and AVX, and the SSE extensions past SSE2. The topology leaf 0xb is present so that
 //! the VMM's policy can fill in the APIC IDs. Leaves 0x15 and 0x16 give the TSC's and the APIC
@@ -68,8 +71,10 @@ pub(super) fn supported() -> Vec<CpuidEntry> {
             ],
         ),
         // EBX: CLFLUSH line size 8 quadwords; the VMM adds the APIC ID and CPU count.
-        leaf(1, [SIGNATURE, 8 << 8, 0, LEAF1_EDX]),
-        leaf(7, [0; 4]),
+        // ECX: RDRAND, which a guest kernel seeds its random-number generator from.
+        leaf(1, [SIGNATURE, 8 << 8, 1 << 30, LEAF1_EDX]),
+        // EBX: RDSEED.
+        leaf(7, [0, 1 << 18, 0, 0]),
     ];
     for index in 0..2 {
         out.push(CpuidEntry {

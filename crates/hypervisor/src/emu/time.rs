@@ -58,6 +58,8 @@ pub struct EmuTime {
     /// vCPUs that are running or have work (under the instruction clock, time jumps ahead only
     /// when this is zero).
     active_vcpus: AtomicUsize,
+    /// State of the generator behind RDRAND under the instruction clock.
+    random_state: AtomicU64,
 }
 
 impl EmuTime {
@@ -76,7 +78,30 @@ impl EmuTime {
             earliest: AtomicU64::new(u64::MAX),
             timers: Mutex::new(Vec::new()),
             active_vcpus: AtomicUsize::new(0),
+            random_state: AtomicU64::new(0x706f_7065_6b21_0001),
         }
+    }
+
+    /// 64 bits for RDRAND/RDSEED: the host's entropy under the host clock; under the
+    /// instruction clock a fixed-seed SplitMix64 sequence, so that a deterministic run stays
+    /// deterministic (such a guest's randomness is reproducible by design, never secret).
+    pub(crate) fn random(&self) -> u64 {
+        if let ClockMode::Host = self.mode {
+            let mut buf = [0u8; 8];
+            // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`, which is valid for
+            // writes.
+            let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n == 8 {
+                return u64::from_le_bytes(buf);
+            }
+        }
+        let mut z = self
+            .random_state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// What the clock follows.

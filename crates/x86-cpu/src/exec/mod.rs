@@ -13,6 +13,7 @@ mod cache;
 pub(crate) mod far;
 mod msr;
 mod operand;
+mod random;
 pub(crate) mod segment;
 mod shift;
 mod sse;
@@ -301,7 +302,7 @@ fn format_insn(insn: &Instruction) -> String {
 type Family = fn(&mut Cpu, &mut dyn CpuBus, &Instruction) -> Option<ExecResult>;
 
 pub(crate) fn execute(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -> ExecResult {
-    let families: [Family; 13] = [
+    let families: [Family; 14] = [
         // Locked read-modify-writes first: the basic family would run them as plain accesses.
         atomic::execute,
         basic::execute,
@@ -316,6 +317,7 @@ pub(crate) fn execute(cpu: &mut Cpu, bus: &mut dyn CpuBus, insn: &Instruction) -
         msr::execute,
         sse::execute,
         x87::execute,
+        random::execute,
     ];
     for family in families {
         if let Some(r) = family(cpu, bus, insn) {
