@@ -14,7 +14,7 @@
 //!   sleeps on a condition variable until an interrupt, a kick or a timer deadline.
 
 mod bus;
-mod convert;
+pub(crate) mod convert;
 mod cpuid;
 mod time;
 mod vcpu;

@@ -9,12 +9,14 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{Msrs, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
 use x86_cpu::state::X87;
-use x86_cpu::{Cpu, CpuBus, CpuState, DescriptorTable, Segment, StepExit};
+use x86_cpu::{Cpu, CpuBus, CpuState, StepExit};
 
+use super::convert::{regs_from_kvm, regs_to_kvm, sregs_from_kvm, sregs_into_kvm};
 use super::ioctl_err;
+use crate::emu::convert::{regs_from_state, regs_into_state, sregs_from_state, sregs_into_state};
 use crate::{CPUID_FLAG_SIGNIFICANT_INDEX, CpuidEntry, MemoryRegion, Result, VmOps};
 
 /// MSRs the software CPU owns, with their place in its state.
@@ -101,124 +103,6 @@ impl CpuBus for FallbackBus<'_> {
         // SAFETY: rdtsc has no preconditions on x86-64.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
-}
-
-fn seg_from_kvm(s: &kvm_segment) -> Segment {
-    Segment {
-        selector: s.selector,
-        base: s.base,
-        limit: s.limit,
-        type_: s.type_,
-        s: s.s != 0,
-        dpl: s.dpl,
-        present: s.present != 0,
-        avl: s.avl != 0,
-        l: s.l != 0,
-        db: s.db != 0,
-        g: s.g != 0,
-        unusable: s.unusable != 0,
-    }
-}
-
-fn seg_to_kvm(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present.into(),
-        dpl: s.dpl,
-        db: s.db.into(),
-        s: s.s.into(),
-        l: s.l.into(),
-        g: s.g.into(),
-        avl: s.avl.into(),
-        unusable: s.unusable.into(),
-        padding: 0,
-    }
-}
-
-fn table(t: &kvm_dtable) -> DescriptorTable {
-    DescriptorTable {
-        base: t.base,
-        limit: t.limit,
-    }
-}
-
-/// KVM's GPR order (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp) mapped to the encoding order.
-const GPR_ORDER: [usize; 8] = [0, 3, 1, 2, 6, 7, 4, 5];
-
-fn regs_into(r: &kvm_regs, s: &mut CpuState) {
-    let low = [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp];
-    for (v, &i) in low.iter().zip(GPR_ORDER.iter()) {
-        s.gpr[i] = *v;
-    }
-    s.gpr[8..].copy_from_slice(&[r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]);
-    s.rip = r.rip;
-    s.rflags = r.rflags;
-}
-
-fn regs_from(s: &CpuState) -> kvm_regs {
-    let g = |i: usize| s.gpr[i];
-    kvm_regs {
-        rax: g(0),
-        rbx: g(3),
-        rcx: g(1),
-        rdx: g(2),
-        rsi: g(6),
-        rdi: g(7),
-        rsp: g(4),
-        rbp: g(5),
-        r8: g(8),
-        r9: g(9),
-        r10: g(10),
-        r11: g(11),
-        r12: g(12),
-        r13: g(13),
-        r14: g(14),
-        r15: g(15),
-        rip: s.rip,
-        rflags: s.rflags,
-    }
-}
-
-fn sregs_into(k: &kvm_sregs, s: &mut CpuState) {
-    for (dst, src) in s
-        .seg
-        .iter_mut()
-        .zip([&k.es, &k.cs, &k.ss, &k.ds, &k.fs, &k.gs])
-    {
-        *dst = seg_from_kvm(src);
-    }
-    s.ldtr = seg_from_kvm(&k.ldt);
-    s.tr = seg_from_kvm(&k.tr);
-    s.gdtr = table(&k.gdt);
-    s.idtr = table(&k.idt);
-    (s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer) = (k.cr0, k.cr2, k.cr3, k.cr4, k.cr8, k.efer);
-}
-
-fn sregs_update(s: &CpuState, k: &mut kvm_sregs) {
-    for (dst, src) in [
-        &mut k.es, &mut k.cs, &mut k.ss, &mut k.ds, &mut k.fs, &mut k.gs,
-    ]
-    .into_iter()
-    .zip(&s.seg)
-    {
-        *dst = seg_to_kvm(src);
-    }
-    k.ldt = seg_to_kvm(&s.ldtr);
-    k.tr = seg_to_kvm(&s.tr);
-    k.gdt = kvm_dtable {
-        base: s.gdtr.base,
-        limit: s.gdtr.limit,
-        padding: [0; 3],
-    };
-    k.idt = kvm_dtable {
-        base: s.idtr.base,
-        limit: s.idtr.limit,
-        padding: [0; 3],
-    };
-    (k.cr0, k.cr2, k.cr3, k.cr4, k.cr8, k.efer) = (s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer);
 }
 
 fn fpu_into(f: &kvm_fpu, s: &mut CpuState) {
@@ -309,9 +193,10 @@ pub(super) fn emulate_one(
     })?;
     let got = fd.get_msrs(&mut msrs).map_err(ioctl_err("KVM_GET_MSRS"))?;
 
+    // KVM's layout goes through the neutral types, the same path the emu engine uses.
     let mut state = CpuState::default();
-    regs_into(&regs, &mut state);
-    sregs_into(&sregs, &mut state);
+    regs_into_state(&regs_from_kvm(&regs), &mut state);
+    sregs_into_state(&sregs_from_kvm(&sregs), &mut state);
     fpu_into(&fpu, &mut state);
     for (slot, e) in msr_slots(&mut state)
         .into_iter()
@@ -336,7 +221,7 @@ pub(super) fn emulate_one(
         StepExit::Continue | StepExit::Halted => {}
     }
 
-    fd.set_regs(&regs_from(after))
+    fd.set_regs(&regs_to_kvm(&regs_from_state(after)))
         .map_err(ioctl_err("KVM_SET_REGS"))?;
     if (after.seg, after.ldtr, after.tr, after.gdtr, after.idtr)
         != (before.seg, before.ldtr, before.tr, before.gdtr, before.idtr)
@@ -351,7 +236,7 @@ pub(super) fn emulate_one(
             before.efer,
         )
     {
-        sregs_update(after, &mut sregs);
+        sregs_into_kvm(&sregs_from_state(after, sregs.apic_base), &mut sregs);
         fd.set_sregs(&sregs).map_err(ioctl_err("KVM_SET_SREGS"))?;
     }
     if (after.x87, after.xmm, after.mxcsr) != (before.x87, before.xmm, before.mxcsr) {
@@ -388,6 +273,7 @@ pub(super) fn emulate_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvm_bindings::kvm_regs;
 
     #[test]
     fn register_orders_survive_a_round_trip() {
@@ -412,9 +298,9 @@ mod tests {
             rflags: 0x202,
         };
         let mut s = CpuState::default();
-        regs_into(&r, &mut s);
+        regs_into_state(&regs_from_kvm(&r), &mut s);
         assert_eq!(&s.gpr[..8], &[1, 3, 4, 2, 7, 8, 5, 6]);
-        let back = regs_from(&s);
+        let back = regs_to_kvm(&regs_from_state(&s));
         assert_eq!(
             (back.rax, back.rbx, back.rsp, back.rdi, back.r15, back.rip),
             (1, 2, 7, 6, 16, 17)
