@@ -132,6 +132,7 @@ fn default_guest(args: &mut RunArgs) -> anyhow::Result<()> {
 }
 
 fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
+    let verbose = args.verbose;
     if args.kernel.is_none() {
         default_guest(&mut args)?;
     }
@@ -155,7 +156,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
             None => eprintln!("popek: engine {}", engine.name()),
         }
     }
-    Ok(vmm::run_on(&config, engine)?)
+    let report = vmm::run_on(&config, engine)?;
+    if verbose {
+        eprintln!(
+            "popek: {} instruction(s) ran on the software CPU as KVM's emulation fallback",
+            report.total_fallbacks()
+        );
+    }
+    Ok(report.outcome)
 }
 
 fn main() -> ExitCode {

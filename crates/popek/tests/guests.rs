@@ -110,13 +110,30 @@ fn int3_at_cpl0_reaches_the_guest_handler() {
     if !kvm_usable() {
         return;
     }
-    let r = boot(Guest::Int3.path(), &[]);
+    let r = boot(Guest::Int3.path(), &["--accel", "kvm", "-v"]);
     assert_eq!(
         r.stdout, "int3: breakpoint handled\n",
         "stderr: {}",
         r.stderr
     );
     assert_eq!(r.status, Some(0));
+    // The fallback is counted in the VM's statistics, which `-v` prints.
+    let count: u64 = r
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" instruction(s) ran on the software CPU as KVM's emulation fallback")
+        })
+        .and_then(|l| l.strip_prefix("popek: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fallback count in stderr: {}", r.stderr));
+    if hypervisor::kvm::HostKvmKind::detect() == hypervisor::kvm::HostKvmKind::Pvm {
+        assert!(
+            count >= 1,
+            "int3 at CPL 0 must have fallen back: {}",
+            r.stderr
+        );
+    }
 }
 
 #[test]

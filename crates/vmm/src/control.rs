@@ -59,6 +59,23 @@ impl std::fmt::Display for VmOutcome {
     }
 }
 
+/// What a finished run reports: why the VM ended, and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Why the VM ended.
+    pub outcome: VmOutcome,
+    /// Per vCPU, the instructions the engine handed to popek's software CPU (KVM's emulation
+    /// fallback). Always 0 under the emu engine, where every instruction is the software CPU's.
+    pub fallback_instructions: Vec<u64>,
+}
+
+impl RunReport {
+    /// The fallback count summed over the vCPUs.
+    pub fn total_fallbacks(&self) -> u64 {
+        self.fallback_instructions.iter().sum()
+    }
+}
+
 /// Collects the VM's outcome and wakes the event loop.
 pub struct Control {
     outcome: Mutex<Option<VmOutcome>>,

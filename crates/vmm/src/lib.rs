@@ -14,6 +14,6 @@ pub mod vcpu;
 mod vm;
 
 pub use config::{Accel, ClockConfig, ConfigError, SerialConfig, VmConfig, VmRequest};
-pub use control::VmOutcome;
+pub use control::{RunReport, VmOutcome};
 pub use engine::Engine;
 pub use vm::{VmmError, run, run_on};

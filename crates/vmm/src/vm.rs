@@ -16,7 +16,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::config::{SerialConfig, VmConfig};
-use crate::control::{Control, VmOutcome};
+use crate::control::{Control, RunReport, VmOutcome};
 use crate::engine::Engine;
 use crate::platform::Platform;
 use crate::terminal::{self, EscapeFilter, Input};
@@ -72,14 +72,14 @@ const TOKEN_EXIT: u64 = 0;
 const TOKEN_PIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 
-/// Builds the VM described by `config` on the engine it asks for, runs it, and returns why it
+/// Builds the VM described by `config` on the engine it asks for, runs it, and reports why it
 /// ended.
-pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
+pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
     run_on(config, Engine::select(config)?)
 }
 
-/// Builds the VM described by `config` on `engine`, runs it, and returns why it ended.
-pub fn run_on(config: &VmConfig, engine: Engine) -> Result<VmOutcome, VmmError> {
+/// Builds the VM described by `config` on `engine`, runs it, and reports why it ended.
+pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> {
     let hypervisor = engine.hypervisor.as_ref();
     if config.cpus > hypervisor.max_vcpus() {
         return Err(hypervisor::HypervisorError::TooManyVcpus {
@@ -145,6 +145,7 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<VmOutcome, VmmError> 
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners = Vec::with_capacity(config.cpus as usize);
+    let mut stats = Vec::with_capacity(config.cpus as usize);
     for id in 0..config.cpus {
         let mut vcpu = vm.create_vcpu(id)?;
         vcpu.set_cpuid(&policy.for_vcpu(&supported, id))?;
@@ -153,6 +154,7 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<VmOutcome, VmmError> 
         if id == 0 {
             setup_bsp(&mem, entry, vcpu.as_mut())?;
         }
+        stats.push(vcpu.stats());
         runners.push(VcpuRunner {
             id,
             vcpu,
@@ -193,7 +195,13 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<VmOutcome, VmmError> 
     }
     // The guest memory must outlive the vCPUs, which are joined above.
     drop(mem);
-    outcome
+    Ok(RunReport {
+        outcome: outcome?,
+        fallback_instructions: stats
+            .iter()
+            .map(|s| s.emulated_instructions.load(Ordering::Relaxed))
+            .collect(),
+    })
 }
 
 fn setup_bsp(mem: &GuestMemoryMmap, entry: BootEntry, vcpu: &mut dyn Vcpu) -> Result<(), VmmError> {
