@@ -61,6 +61,11 @@ const GUESTS: &[Guest] = &[
         source: "int3.rs",
         pvh: true,
     },
+    Guest {
+        name: "virtio",
+        source: "virtio.rs",
+        pvh: true,
+    },
 ];
 
 /// Code generation flags shared by the runtime and the guests. The red zone goes (interrupts

@@ -41,11 +41,15 @@ pub enum Guest {
     /// Runs a counted integer (`mode=int`) or memory (`mode=mem`) loop of `n=N` iterations: the
     /// CPU benchmark's guest.
     CpuLoop,
+    /// A minimal virtio-pci (modern) driver: lists the virtio devices on PCI bus 0 and runs the
+    /// tests named on its command line (`test=blk,blk-read,net,net-echo,rng,vsock`); see
+    /// guests/README.md for the options and output lines.
+    Virtio,
 }
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 9] = [
+    pub const ALL: [Guest; 10] = [
         Guest::Hello,
         Guest::Smp,
         Guest::Timer,
@@ -55,6 +59,7 @@ impl Guest {
         Guest::Int3,
         Guest::Status,
         Guest::CpuLoop,
+        Guest::Virtio,
     ];
 
     /// The guest's name, which is also its file name.
@@ -69,6 +74,7 @@ impl Guest {
             Guest::Int3 => "int3",
             Guest::Status => "status",
             Guest::CpuLoop => "cpuloop",
+            Guest::Virtio => "virtio",
         }
     }
 
@@ -84,6 +90,7 @@ impl Guest {
             Guest::Int3 => INT3,
             Guest::Status => STATUS,
             Guest::CpuLoop => CPULOOP,
+            Guest::Virtio => VIRTIO,
         })
     }
 

@@ -82,3 +82,44 @@ fn guests_are_found_by_name() {
     assert_eq!(guests::path("no-such-guest"), None);
     assert_eq!(Guest::Hello.path().to_str(), Some(guests::HELLO));
 }
+
+#[test]
+fn virtio_guest_is_listed_and_carries_its_output_lines() {
+    assert_eq!(Guest::from_name("virtio"), Some(Guest::Virtio));
+    assert_eq!(guests::path("virtio"), Some(Guest::Virtio.path()));
+    assert_eq!(Guest::Virtio.path().to_str(), Some(guests::VIRTIO));
+    let data = std::fs::read(Guest::Virtio.path()).expect("virtio image");
+    // Fragments of the output lines guests/README.md promises (the guest prints no formatted
+    // strings: every line is assembled from literals like these).
+    for needle in [
+        "virtio: pci config via ecam at ",
+        "virtio: pci config via ports 0xcf8/0xcfc",
+        " devices",
+        " tests passed",
+        "virtio: test ",
+        "virtio: timeout waiting for ",
+        "blk: capacity ",
+        "blk: wrote and verified 8 sectors at ",
+        "blk: past-end write -> IOERR",
+        "blk: flush ok",
+        "blk: id ",
+        "blk: read-only",
+        "blk: write on read-only -> IOERR",
+        " fnv1a64=",
+        "net: mac ",
+        "net: sent frame",
+        "net: received ",
+        "net: echoed ",
+        "rng: got 64 bytes, distinct",
+        "vsock: guest cid ",
+        "vsock: connected to cid 2 port ",
+        "vsock: received ",
+        "vsock: shutdown -> RST",
+        "hello from guest",
+    ] {
+        assert!(
+            data.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the virtio guest lacks {needle:?}"
+        );
+    }
+}

@@ -37,6 +37,9 @@ fn main() -> anyhow::Result<()> {
 /// The README's test command: everything the suite needs, then the suite.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     host::ensure_apt_lists()?;
+    // The device tests: qemu-img checks qcow2 images, ip builds bridges in test namespaces.
+    host::ensure_package("qemu-img", "qemu-utils")?;
+    host::ensure_package("ip", "iproute2")?;
     host::default_guest()?;
     // --show-output prints what passing tests said: the reasons of the ones that skip.
     let status = std::process::Command::new(env!("CARGO"))

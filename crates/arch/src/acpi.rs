@@ -1,11 +1,17 @@
-//! ACPI tables: RSDP, XSDT, FADT (with FACS), MADT and a DSDT, so that a guest finds its CPUs,
-//! its interrupt controllers, the power-management registers and COM1.
+//! ACPI tables: RSDP, XSDT, FADT (with FACS), MADT, a DSDT and, with PCI, an MCFG, so that a
+//! guest finds its CPUs, its interrupt controllers, the power-management registers, COM1 and
+//! the PCI host bridge.
+//!
+//! The host bridge is `\_SB_.PCI0` (PCI Express root, segment 0, bus 0) with its windows in
+//! `_CRS` and a `_PRT` that routes INTA-INTD of every slot to a GSI. `\_SB_.MBRD` reserves the
+//! ECAM range as a motherboard resource, which Linux wants before it uses the MCFG.
 
 use acpi_tables::Aml;
 use acpi_tables::aml;
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -31,6 +37,34 @@ pub enum AcpiError {
     TooManyCpus(u32),
 }
 
+/// The PCI host bridge, as the tables describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciAcpi {
+    /// Base of the ECAM range of bus 0 (1 MiB).
+    pub ecam_base: u64,
+    /// Base of the 32-bit MMIO window that BARs live in.
+    pub mmio_base: u64,
+    /// Size of the MMIO window.
+    pub mmio_size: u64,
+    /// INTx routing: pin P (0 = INTA) of slot S is on GSI
+    /// `intx_gsi_base + (S + P) % intx_gsi_count`.
+    pub intx_gsi_base: u32,
+    /// How many GSIs the INTx pins are spread over (at least 1).
+    pub intx_gsi_count: u32,
+}
+
+impl PciAcpi {
+    /// The GSI of INTx pin `pin` (0-3) of the device in `slot`.
+    pub fn intx_gsi(&self, slot: u8, pin: u8) -> u32 {
+        self.intx_gsi_base + (u32::from(slot) + u32::from(pin)) % self.intx_gsi_count.max(1)
+    }
+}
+
+/// Size of the ECAM range of one bus.
+const ECAM_BUS_SIZE: u64 = 1 << 20;
+/// Device slots on a PCI bus.
+const PCI_SLOTS: u8 = 32;
+
 /// The platform facts the tables describe.
 #[derive(Debug, Clone, Copy)]
 pub struct AcpiPlatform {
@@ -50,6 +84,8 @@ pub struct AcpiPlatform {
     pub sci_irq: u8,
     /// COM1's base port and IRQ.
     pub com1: (u16, u8),
+    /// The PCI host bridge, if the machine has PCI.
+    pub pci: Option<PciAcpi>,
 }
 
 /// Every table starts on a 64-byte boundary, which the FACS requires and the others accept.
@@ -96,10 +132,87 @@ fn dsdt(p: &AcpiPlatform) -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut table);
+    if let Some(pci) = &p.pci {
+        pci_devices(pci, &mut table);
+    }
     let slp_typ = p.s5_slp_typ;
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&slp_typ, &slp_typ]))
         .to_aml_bytes(&mut table);
     table.as_slice().to_vec()
+}
+
+/// `\_SB_.PCI0`, the host bridge, and `\_SB_.MBRD`, which reserves the ECAM range.
+fn pci_devices(pci: &PciAcpi, table: &mut Sdt) {
+    // _PRT entries: (address 0xSSSS_FFFF = any function of slot S, pin, GSI). Source 0 means
+    // the last field is a GSI, level-triggered and active-low.
+    let routes: Vec<(u32, u8, u32)> = (1..PCI_SLOTS)
+        .flat_map(|slot| {
+            (0..4u8).map(move |pin| (u32::from(slot) << 16 | 0xffff, pin, pci.intx_gsi(slot, pin)))
+        })
+        .collect();
+    let entries: Vec<aml::Package> = routes
+        .iter()
+        .map(|(addr, pin, gsi)| aml::Package::new(vec![addr, pin, &aml::ZERO, gsi]))
+        .collect();
+    let prt = aml::Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    // The window ends are inclusive, and 32-bit by construction of the layout.
+    let mmio_end = pci.mmio_base + pci.mmio_size - 1;
+    aml::Scope::new(
+        "_SB_".into(),
+        vec![
+            &aml::Device::new(
+                "PCI0".into(),
+                vec![
+                    &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+                    &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+                    &aml::Name::new("_SEG".into(), &aml::ZERO),
+                    &aml::Name::new("_UID".into(), &aml::ZERO),
+                    &aml::Name::new("_BBN".into(), &aml::ZERO),
+                    &aml::Name::new(
+                        "_CRS".into(),
+                        &aml::ResourceTemplate::new(vec![
+                            &aml::AddressSpace::new_bus_number(0u16, 0u16),
+                            &aml::IO::new(0xcf8, 0xcf8, 1, 8),
+                            &aml::AddressSpace::new_io(0u16, 0xcf7u16, None),
+                            &aml::AddressSpace::new_io(0xd00u16, 0xffffu16, None),
+                            &aml::AddressSpace::new_memory(
+                                aml::AddressSpaceCacheable::NotCacheable,
+                                true,
+                                pci.mmio_base as u32,
+                                mmio_end as u32,
+                                None,
+                            ),
+                        ]),
+                    ),
+                    &aml::Name::new("_PRT".into(), &prt),
+                ],
+            ),
+            &aml::Device::new(
+                "MBRD".into(),
+                vec![
+                    &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+                    &aml::Name::new("_UID".into(), &aml::ZERO),
+                    &aml::Name::new(
+                        "_CRS".into(),
+                        &aml::ResourceTemplate::new(vec![&aml::Memory32Fixed::new(
+                            true,
+                            pci.ecam_base as u32,
+                            ECAM_BUS_SIZE as u32,
+                        )]),
+                    ),
+                ],
+            ),
+        ],
+    )
+    .to_aml_bytes(table);
+}
+
+fn mcfg(pci: &PciAcpi) -> Vec<u8> {
+    let mut t = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.add_ecam(pci.ecam_base, 0, 0, 0);
+    let mut bytes = Vec::new();
+    t.to_aml_bytes(&mut bytes);
+    bytes
 }
 
 fn madt(p: &AcpiPlatform) -> Vec<u8> {
@@ -198,9 +311,13 @@ pub fn write_tables(mem: &GuestMemoryMmap, p: &AcpiPlatform) -> Result<GuestAddr
     let facs_addr = place(&facs_bytes)?;
     let fadt_addr = place(&fadt(p, dsdt_addr, facs_addr))?;
     let madt_addr = place(&madt(p))?;
+    let mcfg_addr = p.pci.as_ref().map(|pci| place(&mcfg(pci))).transpose()?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some(addr) = mcfg_addr {
+        xsdt.add_entry(addr);
+    }
     let mut xsdt_bytes = Vec::new();
     xsdt.to_aml_bytes(&mut xsdt_bytes);
     let xsdt_addr = place(&xsdt_bytes)?;
@@ -225,7 +342,33 @@ mod tests {
             s5_slp_typ: 5,
             sci_irq: 9,
             com1: (0x3f8, 4),
+            pci: None,
         }
+    }
+
+    fn pci() -> PciAcpi {
+        PciAcpi {
+            ecam_base: 0xe000_0000,
+            mmio_base: 0xc000_0000,
+            mmio_size: 0x2000_0000,
+            intx_gsi_base: 16,
+            intx_gsi_count: 8,
+        }
+    }
+
+    /// The XSDT's tables, by address, from the RSDP at `rsdp`.
+    fn xsdt_entries(mem: &GuestMemoryMmap, rsdp: GuestAddress) -> Vec<u64> {
+        let mut r = [0u8; 36];
+        mem.read_slice(&mut r, rsdp).unwrap();
+        let xsdt = read_table(mem, u64::from_le_bytes(r[24..32].try_into().unwrap()));
+        xsdt[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     fn read_table(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
@@ -280,6 +423,67 @@ mod tests {
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+    }
+
+    #[test]
+    fn pci_adds_mcfg_and_a_host_bridge_with_routing() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let mut p = platform(2);
+        p.pci = Some(pci());
+        let rsdp = write_tables(&mem, &p).unwrap();
+        let entries = xsdt_entries(&mem, rsdp);
+        assert_eq!(entries.len(), 3);
+        let mcfg = read_table(&mem, entries[2]);
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert!(checksum_ok(&mcfg));
+        // One allocation: base, segment 0, buses 0-0.
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(
+            u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
+            0xe000_0000
+        );
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0]);
+
+        let fadt = read_table(&mem, entries[0]);
+        let dsdt = read_table(&mem, u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
+        assert!(checksum_ok(&dsdt));
+        let eisa = |id: &str| {
+            let mut b = Vec::new();
+            aml::EISAName::new(id).to_aml_bytes(&mut b);
+            b
+        };
+        for needle in [
+            b"PCI0".to_vec(),
+            b"_PRT".to_vec(),
+            b"MBRD".to_vec(),
+            b"_BBN".to_vec(),
+            eisa("PNP0A08"),
+            eisa("PNP0A03"),
+            eisa("PNP0C02"),
+        ] {
+            assert!(contains(&dsdt, &needle), "{needle:?}");
+        }
+        // The 32-bit window: DWord address space descriptor with min and max.
+        let mut window = 0xc000_0000u32.to_le_bytes().to_vec();
+        window.extend_from_slice(&0xdfff_ffffu32.to_le_bytes());
+        assert!(contains(&dsdt, &window));
+        // Slot 8's INTA is on GSI 16: Package(4) { 0x8FFFF, Zero, Zero, 16 }.
+        let mut route = vec![0x12, 0x0b, 0x04, 0x0c];
+        route.extend_from_slice(&0x8_ffffu32.to_le_bytes());
+        route.extend_from_slice(&[0x00, 0x00, 0x0a, 16]);
+        assert!(contains(&dsdt, &route));
+        assert_eq!(pci().intx_gsi(1, 3), 20);
+    }
+
+    #[test]
+    fn no_pci_means_no_mcfg_and_no_host_bridge() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let rsdp = write_tables(&mem, &platform(1)).unwrap();
+        let entries = xsdt_entries(&mem, rsdp);
+        assert_eq!(entries.len(), 2);
+        let fadt = read_table(&mem, entries[0]);
+        let dsdt = read_table(&mem, u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
+        assert!(!contains(&dsdt, b"PCI0"));
     }
 
     #[test]

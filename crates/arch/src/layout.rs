@@ -11,7 +11,10 @@
 //! 0x0009_fc00  reserved (EBDA)
 //! 0x000e_0000  reserved: ACPI tables (RSDP at 0xe0000)
 //! 0x0010_0000  RAM: kernel, then initrd at the top of low RAM
-//! 0xc000_0000  32-bit MMIO hole: IOAPIC 0xfec0_0000, local APIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO hole:
+//!   0xc000_0000  PCI MMIO window (BARs), 512 MiB
+//!   0xe000_0000  PCI ECAM, bus 0 (1 MiB)
+//!   0xfec0_0000  IOAPIC         0xfee0_0000  local APIC
 //! 0x1_0000_0000 RAM above 4 GiB, when the guest has more than fits below the hole
 //! ```
 
@@ -53,6 +56,14 @@ pub const HIMEM: u64 = 0x10_0000;
 pub const MMIO_HOLE: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole: RAM continues here.
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
+/// The PCI MMIO window: where BARs are placed, announced in the host bridge's `_CRS`.
+pub const PCI_MMIO_BASE: u64 = MMIO_HOLE;
+/// Size of the PCI MMIO window.
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+/// PCI configuration space as memory (ECAM), announced by the MCFG.
+pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
+/// Size of the ECAM range: bus 0 only.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// The IOAPIC's registers.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APICs' registers.
@@ -151,6 +162,22 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pci_ranges_sit_in_the_hole_clear_of_the_apics() {
+        let ranges = [
+            (PCI_MMIO_BASE, PCI_MMIO_SIZE),
+            (PCI_ECAM_BASE, PCI_ECAM_SIZE),
+            (IOAPIC_ADDR, 0x1000),
+            (LAPIC_ADDR, 0x1000),
+        ];
+        for (i, &(base, size)) in ranges.iter().enumerate() {
+            assert!(base >= MMIO_HOLE && base + size <= RAM_ABOVE_4G);
+            for &(other, other_size) in &ranges[i + 1..] {
+                assert!(base + size <= other || other + other_size <= base);
+            }
+        }
+    }
 
     #[test]
     fn small_guest_has_all_ram_below_the_hole() {

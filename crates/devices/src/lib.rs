@@ -9,7 +9,9 @@ pub mod clock;
 pub mod interrupt;
 pub mod lapic;
 pub mod legacy;
+pub mod pci;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

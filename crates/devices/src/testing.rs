@@ -133,3 +133,29 @@ impl VmControl for MockVm {
         self.requests.lock().unwrap().push(request);
     }
 }
+
+/// A PCI INTx router whose lines are [`MockIrq`]s, remembered by GSI.
+#[derive(Default)]
+pub struct MockIntx {
+    lines: Mutex<Vec<(u32, std::sync::Arc<MockIrq>)>>,
+}
+
+impl MockIntx {
+    /// The last line handed out on `gsi`.
+    pub fn line(&self, gsi: u32) -> Option<std::sync::Arc<MockIrq>> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find(|(g, _)| *g == gsi)
+            .map(|(_, l)| l.clone())
+    }
+}
+
+impl crate::pci::IntxRouter for MockIntx {
+    fn intx_line(&self, gsi: u32) -> Result<std::sync::Arc<dyn IrqLine>, crate::pci::PciError> {
+        let line = std::sync::Arc::new(MockIrq::default());
+        self.lines.lock().unwrap().push((gsi, line.clone()));
+        Ok(line)
+    }
+}

@@ -127,6 +127,25 @@ pub trait Vm: Send + Sync {
     /// The engine keeps `gsi`'s route so that the end of a level-triggered interrupt comes back as
     /// [`VmExit::IoapicEoi`].
     fn signal_msi(&self, gsi: u32, address: u64, data: u32) -> Result<()>;
+    /// Makes guest writes of any width to the MMIO address `addr` signal `event` inside the
+    /// engine, without a VM exit (KVM's ioeventfd). Returns false when the engine has no such
+    /// path (the software CPU): the write then reaches [`VmOps::mmio_write`] as usual, and the
+    /// device signals the event itself.
+    fn register_ioevent(
+        &self,
+        _addr: u64,
+        _event: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+    /// Undoes [`Vm::register_ioevent`] for `addr` and `event`.
+    fn unregister_ioevent(
+        &self,
+        _addr: u64,
+        _event: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A virtual CPU. It is created on the VMM's thread and then moved to its own thread.

@@ -71,6 +71,21 @@ struct RunArgs {
     /// skipping idle time: runs are deterministic with one vCPU; implies --accel emu).
     #[arg(long, default_value = "host", value_parser = parse_clock)]
     clock: ClockConfig,
+    /// Attach a virtio disk (repeatable): PATH[,format=raw|qcow2][,readonly]. Without format, a
+    /// qcow2 image is recognised by its header and anything else is raw.
+    #[arg(long = "disk", value_name = "PATH[,OPTS]", value_parser = parse_disk)]
+    disks: Vec<vmm::DiskConfig>,
+    /// Attach a virtio NIC (repeatable): tap=NAME[,mac=MAC] opens or creates a tap;
+    /// bridge=BR[,tap=NAME][,mac=MAC] creates a tap on a host bridge.
+    #[arg(long = "net", value_name = "OPTS", value_parser = parse_net)]
+    nets: Vec<vmm::NetConfig>,
+    /// Attach a virtio-vsock device: cid=N,socket=PATH. Host programs connect to PATH (then
+    /// send "CONNECT PORT\n"); guest connections to port P go to PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    vsock: Option<vmm::VsockConfig>,
+    /// Attach a virtio entropy device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// Say on stderr which engine runs the guest, and why.
     #[arg(long, short)]
     verbose: bool,
@@ -84,6 +99,21 @@ enum ImageAction {
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     s.parse().map_err(|e: vmm::ConfigError| e.to_string())
+}
+
+fn parse_disk(s: &str) -> Result<vmm::DiskConfig, String> {
+    s.parse()
+        .map_err(|e: vmm::device_config::DeviceConfigError| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<vmm::NetConfig, String> {
+    s.parse()
+        .map_err(|e: vmm::device_config::DeviceConfigError| e.to_string())
+}
+
+fn parse_vsock(s: &str) -> Result<vmm::VsockConfig, String> {
+    s.parse()
+        .map_err(|e: vmm::device_config::DeviceConfigError| e.to_string())
 }
 
 fn parse_accel(s: &str) -> Result<Accel, String> {
@@ -146,6 +176,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
         hide_cpu_features: args.hide_cpu_features,
         accel: args.accel,
         clock: args.clock,
+        disks: args.disks,
+        nets: args.nets,
+        vsock: args.vsock,
+        rng: args.rng,
     };
     let host_ram = vmm::config::host_ram().context("Cannot read the host's RAM size")?;
     let config = request.validate(host_ram)?;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use arch::cpuid::{CpuFeature, CpuidError};
 use arch::layout::MIN_MEMORY;
 
+use crate::device_config::{DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
+
 /// Errors of configuration: each names what was wrong and how to fix it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -66,7 +68,19 @@ pub enum ConfigError {
     /// The instruction clock with an engine that cannot count instructions.
     #[error("--clock instructions needs the software CPU: use --accel emu (KVM runs on host time)")]
     ClockNeedsEmu,
+    /// A device option is wrong.
+    #[error(transparent)]
+    Device(#[from] DeviceConfigError),
+    /// A disk image that does not exist.
+    #[error("--disk {0} does not exist")]
+    MissingDisk(PathBuf),
+    /// The vsock socket's directory does not exist.
+    #[error("--vsock socket {0}: its directory does not exist")]
+    VsockDir(PathBuf),
 }
+
+/// PCI slots on bus 0 for devices: slot 0 is the host bridge.
+pub const PCI_DEVICE_SLOTS: usize = 31;
 
 /// Which CPU engine runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -203,6 +217,14 @@ pub struct VmRequest {
     pub accel: Accel,
     /// Guest clock.
     pub clock: ClockConfig,
+    /// Disks, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
+    /// NICs.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// An entropy device.
+    pub rng: bool,
 }
 
 /// A validated VM configuration.
@@ -227,6 +249,14 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Guest clock.
     pub clock: ClockConfig,
+    /// Disks (the files exist).
+    pub disks: Vec<DiskConfig>,
+    /// NICs.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device (its socket's directory exists).
+    pub vsock: Option<VsockConfig>,
+    /// An entropy device.
+    pub rng: bool,
 }
 
 impl VmRequest {
@@ -278,6 +308,28 @@ impl VmRequest {
             .iter()
             .map(|name| CpuFeature::by_name(name))
             .collect::<Result<Vec<_>, _>>()?;
+        for d in &self.disks {
+            if !d.path.exists() {
+                return Err(ConfigError::MissingDisk(d.path.clone()));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            let dir = v.socket.parent().filter(|p| !p.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(ConfigError::VsockDir(v.socket.clone()));
+            }
+        }
+        let devices = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng);
+        if devices > PCI_DEVICE_SLOTS {
+            return Err(DeviceConfigError::TooManyDevices {
+                given: devices,
+                max: PCI_DEVICE_SLOTS,
+            }
+            .into());
+        }
         Ok(VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
@@ -288,6 +340,10 @@ impl VmRequest {
             hidden_features,
             accel,
             clock: self.clock,
+            disks: self.disks,
+            nets: self.nets,
+            vsock: self.vsock,
+            rng: self.rng,
         })
     }
 }
@@ -318,7 +374,32 @@ mod tests {
             hide_cpu_features: vec![],
             accel: Accel::Auto,
             clock: ClockConfig::Host,
+            disks: vec![],
+            nets: vec![],
+            vsock: None,
+            rng: false,
         }
+    }
+
+    #[test]
+    fn device_options_are_checked() {
+        let mut r = request();
+        r.disks = vec!["/nonexistent/disk.img".parse().unwrap()];
+        assert_eq!(
+            r.validate(1 << 40).unwrap_err().to_string(),
+            "--disk /nonexistent/disk.img does not exist"
+        );
+        let mut r = request();
+        r.vsock = Some("cid=3,socket=/nonexistent/dir/v.sock".parse().unwrap());
+        assert!(matches!(r.validate(1 << 40), Err(ConfigError::VsockDir(_))));
+        let mut r = request();
+        r.disks = vec!["/proc/self/exe".parse().unwrap(); 32];
+        assert!(matches!(
+            r.validate(1 << 40),
+            Err(ConfigError::Device(
+                DeviceConfigError::TooManyDevices { .. }
+            ))
+        ));
     }
 
     #[test]

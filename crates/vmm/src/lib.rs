@@ -6,14 +6,18 @@
 
 pub mod config;
 pub mod control;
+pub mod device_config;
+mod device_thread;
 pub mod engine;
 pub mod lapics;
 pub mod platform;
 pub mod terminal;
 pub mod vcpu;
+pub mod virtio_devices;
 mod vm;
 
 pub use config::{Accel, ClockConfig, ConfigError, SerialConfig, VmConfig, VmRequest};
 pub use control::{RunReport, VmOutcome};
+pub use device_config::{DiskConfig, DiskFormat, NetBackendConfig, NetConfig, VsockConfig};
 pub use engine::Engine;
 pub use vm::{VmmError, run, run_on};

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arch::acpi::AcpiPlatform;
+use arch::layout;
 use devices::bus::SharedDevice;
 use devices::clock::{Clock, HostClock, Timer};
 use devices::interrupt::{ExtIntSink, MsiMessage, MsiSink, VmControl};
@@ -12,6 +13,7 @@ use devices::legacy::{
     AcpiPm, Cmos, DebugExit, I8042, Ioapic, IrqRouter, Pic, Pit, Serial, acpi_pm, cmos, debug_exit,
     ioapic, serial,
 };
+use devices::pci::{PciIrqs, PciRoot, PciRootConfig};
 use devices::{Bus, BusError};
 use hypervisor::emu::EmuTime;
 use hypervisor::{Vm, VmOps};
@@ -30,6 +32,9 @@ pub enum PlatformError {
     /// An interrupt line out of range (a bug in popek's layout).
     #[error("Interrupt wiring: {0}")]
     Irq(String),
+    /// The PCI bus could not be set up (a bug in popek's layout).
+    #[error("PCI bus setup")]
+    Pci(#[from] devices::pci::PciError),
     /// The timer for the PIT could not be created.
     #[error("Cannot create a timerfd for the PIT")]
     Timer(#[source] std::io::Error),
@@ -195,6 +200,8 @@ pub struct Platform {
     pub msi: Arc<EngineMsi>,
     /// Where the PIC's output goes.
     pub doorbell: Arc<BspDoorbell>,
+    /// PCI bus 0.
+    pub pci: Arc<Mutex<PciRoot>>,
 }
 
 impl Platform {
@@ -212,6 +219,17 @@ impl Platform {
         let pic = Arc::new(Mutex::new(Pic::new(doorbell.clone())));
         let ioapic = Arc::new(Mutex::new(Ioapic::new(msi.clone())));
         let router = IrqRouter::new(pic.clone(), ioapic.clone());
+        let pci = Arc::new(Mutex::new(PciRoot::new(
+            PciRootConfig {
+                ecam_base: layout::PCI_ECAM_BASE,
+                mmio_base: layout::PCI_MMIO_BASE,
+                mmio_size: layout::PCI_MMIO_SIZE,
+            },
+            PciIrqs {
+                intx: Arc::new(router.clone()),
+                msi: msi.clone(),
+            },
+        )?));
 
         let irq0 = router.isa_irq(0).map_err(irq_err)?;
         let (pit, pit_timer) = match time {
@@ -295,6 +313,13 @@ impl Platform {
             ioapic::IOAPIC_BASE,
             ioapic::IOAPIC_LEN,
         )?;
+        let pci_entries = PciRoot::bus_entries(&pci);
+        for e in pci_entries.pio {
+            pio.insert(e.device, e.base, e.len)?;
+        }
+        for e in pci_entries.mmio {
+            mmio.insert(e.device, e.base, e.len)?;
+        }
 
         Ok(Self {
             buses: Arc::new(Buses { pio, mmio }),
@@ -305,6 +330,7 @@ impl Platform {
             serial,
             msi,
             doorbell,
+            pci,
         })
     }
 
@@ -319,6 +345,13 @@ impl Platform {
             s5_slp_typ: acpi_pm::S5_SLP_TYP,
             sci_irq: acpi_pm::SCI_IRQ,
             com1: (serial::COM1_PORT as u16, serial::COM1_IRQ),
+            pci: Some(arch::acpi::PciAcpi {
+                ecam_base: layout::PCI_ECAM_BASE,
+                mmio_base: layout::PCI_MMIO_BASE,
+                mmio_size: layout::PCI_MMIO_SIZE,
+                intx_gsi_base: devices::pci::INTX_GSI_BASE,
+                intx_gsi_count: devices::pci::INTX_GSI_COUNT,
+            }),
         }
     }
 }

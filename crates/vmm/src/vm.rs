@@ -43,6 +43,9 @@ pub enum VmmError {
     /// Device setup failed.
     #[error(transparent)]
     Platform(#[from] crate::platform::PlatformError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio_devices::VirtioSetupError),
     /// The serial output file could not be opened.
     #[error("Cannot open serial output file {path}")]
     SerialFile {
@@ -117,7 +120,9 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> 
         (layout.below_4g(), layout.above_4g()),
         &engine.time,
     )?;
+    let virtio = crate::virtio_devices::attach(&platform.pci, config, &mem)?;
     let vm = hypervisor.create_vm(platform.buses.clone())?;
+    virtio.thread.set_vm(vm.clone());
     platform.msi.connect(vm.clone(), control.clone());
     for (slot, region) in mem.iter().enumerate() {
         let r = MemoryRegion {
@@ -193,7 +198,9 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> 
     if raw {
         terminal::restore();
     }
-    // The guest memory must outlive the vCPUs, which are joined above.
+    // The devices stop serving queues before the memory goes; the guest memory must outlive
+    // the vCPUs, which are joined above.
+    drop(virtio);
     drop(mem);
     Ok(RunReport {
         outcome: outcome?,

@@ -1,6 +1,7 @@
 //! The shared runtime of popek's test guests: boot stubs for the PVH and Linux 64-bit entries,
 //! serial output, port I/O, the panic handler, GDT/TSS/IDT helpers, ACPI (MADT) parsing, the
-//! local APIC and IOAPIC, the PIT and AP start-up.
+//! local APIC and IOAPIC, the PIT and AP start-up, PCI configuration space and BARs, and a
+//! minimal virtio-pci driver core.
 //!
 //! A guest is a `#![no_std] #![no_main]` binary that names its entry with [`entry!`]; the entry
 //! gets a [`BootInfo`] and returns the exit status, which goes to the debug-exit port 0xf4.
@@ -14,13 +15,16 @@
 pub mod acpi;
 pub mod apic;
 pub mod boot;
+pub mod deadline;
 pub mod gdt;
 pub mod idt;
 pub mod mem;
+pub mod pci;
 pub mod pit;
 pub mod port;
 pub mod serial;
 pub mod smp;
+pub mod virtio;
 
 use core::cell::UnsafeCell;
 

@@ -5,9 +5,10 @@
 //! only the IOAPIC. A guest that runs on the IOAPIC masks the PIC, and one on the PIC leaves
 //! the IOAPIC entries masked, so a line never interrupts twice.
 //!
-//! Each line has one source: `set_level` from two devices on one line would overwrite each
-//! other's level rather than OR them. Sharing a level-triggered line needs a per-source
-//! combination that this router does not provide.
+//! A line from [`IrqRouter::isa_irq`] or [`IrqRouter::gsi`] has one source: `set_level` from two
+//! devices on one line would overwrite each other's level rather than OR them. PCI INTx lines are
+//! shared by several slots, so [`IrqRouter::shared_gsi`] hands each device its own source on a GSI
+//! and the pin is asserted while any source asserts it (wired-OR, as on a PCI board).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,17 +31,26 @@ pub enum IrqRouterError {
     InvalidGsi(u32),
 }
 
+/// GSIs that only the IOAPIC sees, which [`IrqRouter::gsi`] and [`IrqRouter::shared_gsi`] serve.
+const NON_ISA_GSIS: usize = IOAPIC_PINS - PIC_IRQS as usize;
+
 /// The interrupt controllers, handing out lines into them.
 #[derive(Clone)]
 pub struct IrqRouter {
     pic: Arc<Mutex<Pic>>,
     ioapic: Arc<Mutex<Ioapic>>,
+    /// Per non-ISA GSI, how many shared sources assert it.
+    shared: Arc<[Mutex<u32>; NON_ISA_GSIS]>,
 }
 
 impl IrqRouter {
     /// A router into `pic` and `ioapic`.
     pub fn new(pic: Arc<Mutex<Pic>>, ioapic: Arc<Mutex<Ioapic>>) -> Self {
-        Self { pic, ioapic }
+        Self {
+            pic,
+            ioapic,
+            shared: Arc::new(Default::default()),
+        }
     }
 
     /// The GSI (IOAPIC pin) of ISA IRQ `irq`, as the MADT's overrides say.
@@ -62,15 +72,74 @@ impl IrqRouter {
 
     /// The line of GSI `gsi` (16-23), which only the IOAPIC sees.
     pub fn gsi(&self, gsi: u32) -> Result<Arc<dyn IrqLine>, IrqRouterError> {
-        let pin = usize::try_from(gsi).map_err(|_| IrqRouterError::InvalidGsi(gsi))?;
-        if !(usize::from(PIC_IRQS)..IOAPIC_PINS).contains(&pin) {
-            return Err(IrqRouterError::InvalidGsi(gsi));
-        }
+        let pin = Self::non_isa_pin(gsi)?;
         Ok(Arc::new(RoutedLine {
             pic: None,
             ioapic: self.ioapic.clone(),
             pin,
         }))
+    }
+
+    /// A new source on GSI `gsi` (16-23), shared with the other sources from this method: the
+    /// IOAPIC pin is asserted while any of them is. Dropping an asserted source deasserts it.
+    /// For level-triggered PCI INTx lines, which several slots share.
+    pub fn shared_gsi(&self, gsi: u32) -> Result<Arc<dyn IrqLine>, IrqRouterError> {
+        let pin = Self::non_isa_pin(gsi)?;
+        Ok(Arc::new(SharedLine {
+            shared: self.shared.clone(),
+            ioapic: self.ioapic.clone(),
+            pin,
+            asserted: Mutex::new(false),
+        }))
+    }
+
+    fn non_isa_pin(gsi: u32) -> Result<usize, IrqRouterError> {
+        usize::try_from(gsi)
+            .ok()
+            .filter(|pin| (usize::from(PIC_IRQS)..IOAPIC_PINS).contains(pin))
+            .ok_or(IrqRouterError::InvalidGsi(gsi))
+    }
+}
+
+/// One source on a wired-OR IOAPIC pin.
+struct SharedLine {
+    shared: Arc<[Mutex<u32>; NON_ISA_GSIS]>,
+    ioapic: Arc<Mutex<Ioapic>>,
+    pin: usize,
+    /// This source's level. Changed only with the pin's count locked, so the two agree.
+    asserted: Mutex<bool>,
+}
+
+impl SharedLine {
+    fn update(&self, level: bool) {
+        // Lock order: the pin's count, this source, the IOAPIC.
+        let mut count = lock(&self.shared[self.pin - usize::from(PIC_IRQS)]);
+        let mut asserted = lock(&self.asserted);
+        if *asserted == level {
+            return;
+        }
+        *asserted = level;
+        let before = *count > 0;
+        *count = if level {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        if before != (*count > 0) {
+            let _ = lock(&self.ioapic).set_irq(self.pin, *count > 0);
+        }
+    }
+}
+
+impl IrqLine for SharedLine {
+    fn set_level(&self, level: bool) {
+        self.update(level);
+    }
+}
+
+impl Drop for SharedLine {
+    fn drop(&mut self) {
+        self.update(false);
     }
 }
 
@@ -152,6 +221,40 @@ mod tests {
         router.gsi(17).unwrap().pulse();
         assert!(!lock(&pic).has_interrupt());
         assert_eq!(msi.take().len(), 1);
+    }
+
+    /// Programs IOAPIC pin `pin` level-triggered and unmasked with `vector`.
+    fn unmask_level(ioapic: &Mutex<Ioapic>, pin: u8, vector: u8) {
+        use crate::bus::BusDevice;
+        let mut io = lock(ioapic);
+        io.write(0x00, &u32::from(0x10 + 2 * pin).to_le_bytes());
+        io.write(0x10, &(u32::from(vector) | 1 << 15).to_le_bytes());
+    }
+
+    #[test]
+    fn shared_gsi_stays_asserted_while_any_source_asserts_it() {
+        let (router, _, ioapic, msi) = router();
+        unmask_level(&ioapic, 18, 0x52);
+        let a = router.shared_gsi(18).unwrap();
+        let b = router.shared_gsi(18).unwrap();
+        a.set_level(true);
+        b.set_level(true);
+        assert_eq!(msi.take().len(), 1);
+        a.set_level(false);
+        // Still asserted through b: the EOI re-delivers.
+        lock(&ioapic).end_of_interrupt(0x52);
+        assert_eq!(msi.take().len(), 1);
+        b.set_level(false);
+        lock(&ioapic).end_of_interrupt(0x52);
+        assert!(msi.take().is_empty());
+        // Repeated levels from one source count once; dropping it releases the pin.
+        a.set_level(true);
+        a.set_level(true);
+        assert_eq!(msi.take().len(), 1);
+        drop(a);
+        lock(&ioapic).end_of_interrupt(0x52);
+        assert!(msi.take().is_empty());
+        assert!(router.shared_gsi(4).is_err());
     }
 
     #[test]

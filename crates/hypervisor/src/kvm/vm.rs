@@ -127,4 +127,25 @@ impl Vm for KvmVm {
             .set_irq_line(gsi, true)
             .map_err(ioctl_err("KVM_IRQ_LINE"))
     }
+
+    fn register_ioevent(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd) -> Result<bool> {
+        self.fd
+            .register_ioevent(
+                event,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(ioctl_err("KVM_IOEVENTFD"))?;
+        Ok(true)
+    }
+
+    fn unregister_ioevent(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd) -> Result<()> {
+        self.fd
+            .unregister_ioevent(
+                event,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(ioctl_err("KVM_IOEVENTFD(deassign)"))
+    }
 }
