@@ -114,6 +114,13 @@ pub enum Error {
         /// Virtual size of the image.
         size: u64,
     },
+    /// An earlier metadata write failed (the host disk may be full): the image refuses writes
+    /// until it is reopened.
+    #[error("Image {} refuses writes after a failed metadata write; reopen it", path.display())]
+    MetadataWriteFailed {
+        /// The image file.
+        path: PathBuf,
+    },
     /// A write would put a qcow2 signature at the start of an image whose format was probed as
     /// raw, which would make the next probe open it as qcow2 (and follow a backing file a guest
     /// chose).

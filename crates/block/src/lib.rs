@@ -46,7 +46,12 @@
 //! entries (and refcount-table entries) that make them reachable. A crash can leak clusters but
 //! never leaves an entry pointing to unwritten data or to a cluster with a zero refcount.
 //! [`DiskImage::flush`] makes everything stable. L2 tables and refcount blocks are cached in
-//! memory and written through.
+//! memory and written through. If a metadata write fails (a full host disk, say), the image
+//! refuses further writes until it is reopened ([`Error::MetadataWriteFailed`]).
+//!
+//! Not done: reading compressed clusters, writing images with internal snapshots, encryption,
+//! external data files, extended L2 entries, zstd compression, file locking against another
+//! process using the same image.
 
 mod error;
 mod host;

@@ -97,11 +97,6 @@ impl<T> TableCache<T> {
             };
         }
     }
-
-    /// Forgets every table, written or not.
-    pub(crate) fn clear(&mut self) {
-        self.tables.clear();
-    }
 }
 
 #[cfg(test)]

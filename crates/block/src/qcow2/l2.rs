@@ -127,13 +127,6 @@ impl Mapping {
         Ok(())
     }
 
-    /// Forgets unwritten changes: rereads the L1 table and drops the cached L2 tables.
-    pub(crate) fn reload(&mut self, host: &HostFile) -> Result<(), Error> {
-        self.l2.clear();
-        self.l1_dirty = None;
-        self.read_l1(host)
-    }
-
     /// The file range of the L1 table.
     pub(crate) fn l1_range(&self) -> Range<u64> {
         self.l1_offset..self.l1_offset + self.l1.len() as u64 * 8

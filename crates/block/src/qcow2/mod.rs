@@ -35,8 +35,8 @@ pub(crate) struct Qcow2Image {
     map: Mapping,
     refs: Refcounts,
     id: String,
-    /// A failed operation left the in-memory metadata unknown and it could not be reread.
-    poisoned: bool,
+    /// A metadata write failed: the file no longer matches the metadata in memory.
+    failed: bool,
 }
 
 impl Qcow2Image {
@@ -85,7 +85,7 @@ impl Qcow2Image {
             map,
             refs,
             id: String::new(),
-            poisoned: false,
+            failed: false,
             host,
         };
         image.check_layout()?;
@@ -390,41 +390,30 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// Ends a writing operation: commits what it did (even when it failed part-way, all its
-    /// new entries point to written data) and, if that fails, rereads the metadata.
+    /// Ends a writing operation: commits what it did, even when it failed part-way (every
+    /// entry it changed points to written data). A failed commit leaves the file behind the
+    /// in-memory metadata: reads go on from memory, writes are refused until the image is
+    /// reopened.
     fn finish(&mut self, result: Result<(), Error>) -> Result<(), Error> {
-        match (result, self.commit()) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), Ok(())) => Err(e),
-            (Ok(()), Err(e)) | (Err(e), Err(_)) => {
-                let reloaded = self
-                    .map
-                    .reload(&self.host)
-                    .and_then(|()| self.refs.reload(&self.host));
-                self.poisoned = reloaded.is_err();
-                Err(e)
+        match self.commit() {
+            Ok(()) => result,
+            Err(e) => {
+                self.failed = true;
+                Err(result.err().unwrap_or(e))
             }
         }
     }
 
-    fn check_usable(&self) -> Result<(), Error> {
-        if self.poisoned {
-            return Err(corrupt(
-                &self.host,
-                "Its metadata could not be reread after a failed write; reopen it".to_owned(),
-            ));
+    fn check_writable(&self, offset: u64, len: u64) -> Result<(), Error> {
+        let path = self.host.path().to_owned();
+        if self.read_only {
+            return Err(Error::ReadOnly { path });
+        }
+        check_range(&path, offset, len, self.size)?;
+        if self.failed {
+            return Err(Error::MetadataWriteFailed { path });
         }
         Ok(())
-    }
-
-    fn check_writable(&self, offset: u64, len: u64) -> Result<(), Error> {
-        if self.read_only {
-            return Err(Error::ReadOnly {
-                path: self.host.path().to_owned(),
-            });
-        }
-        check_range(self.host.path(), offset, len, self.size)?;
-        self.check_usable()
     }
 }
 
@@ -439,7 +428,6 @@ impl DiskImage for Qcow2Image {
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         check_range(self.host.path(), offset, buf.len() as u64, self.size)?;
-        self.check_usable()?;
         let result = self.read_inner(buf, offset);
         self.map.trim();
         result

@@ -101,13 +101,6 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Forgets unwritten changes: rereads the table and drops the cached blocks.
-    pub(crate) fn reload(&mut self, host: &HostFile) -> Result<(), Error> {
-        self.blocks.clear();
-        self.table_dirty = None;
-        self.read_table(host)
-    }
-
     fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -202,11 +195,7 @@ impl Refcounts {
             .checked_mul(self.cluster_size())
             .and_then(|bytes| start.checked_add(bytes))
             .filter(|&end| end <= MAX_HOST_END)
-            .ok_or_else(|| Error::Io {
-                path: host.path().to_owned(),
-                op: "Allocating a cluster in",
-                source: io::Error::new(ErrorKind::StorageFull, "qcow2 files end at 64 PiB"),
-            })?;
+            .ok_or_else(|| full(host, "qcow2 files end at 64 PiB"))?;
         self.next_free = end;
         Ok(start)
     }
@@ -264,6 +253,9 @@ impl Refcounts {
     }
 
     fn set_table_entry(&mut self, host: &HostFile, index: usize, value: u64) -> Result<(), Error> {
+        if index as u64 >= MAX_REFCOUNT_TABLE_BYTES / 8 {
+            return Err(full(host, "its refcount table is at the 8 MiB limit"));
+        }
         if index >= self.table.len() {
             self.table.resize(index + 1, 0);
         }
@@ -272,8 +264,18 @@ impl Refcounts {
             Some(old) => old.start.min(index)..old.end.max(index + 1),
             None => index..index + 1,
         });
-        if index >= self.capacity() {
-            self.grow(host)?;
+        if index >= self.capacity()
+            && let Err(e) = self.grow(host)
+        {
+            // Never write entries past the table on disk.
+            let capacity = self.capacity();
+            self.table.truncate(capacity);
+            self.table_dirty = self
+                .table_dirty
+                .take()
+                .map(|range| range.start.min(capacity)..range.end.min(capacity))
+                .filter(|range| !range.is_empty());
+            return Err(e);
         }
         Ok(())
     }
@@ -302,10 +304,7 @@ impl Refcounts {
             new_blocks = missing;
         };
         if clusters * cluster_size > MAX_REFCOUNT_TABLE_BYTES {
-            return Err(super::corrupt(
-                host,
-                "Refcount table would exceed 8 MiB".to_owned(),
-            ));
+            return Err(full(host, "its refcount table is at the 8 MiB limit"));
         }
         self.reserve(host, clusters + new_blocks)?;
         let mut next_block = start + clusters * cluster_size;
@@ -383,6 +382,15 @@ impl Refcounts {
     /// Evicts cached blocks down to the cache's capacity.
     pub(crate) fn trim(&mut self) {
         self.blocks.trim();
+    }
+}
+
+/// The error for an image that cannot grow any more.
+fn full(host: &HostFile, why: &'static str) -> Error {
+    Error::Io {
+        path: host.path().to_owned(),
+        op: "Allocating a cluster in",
+        source: io::Error::new(ErrorKind::StorageFull, why),
     }
 }
 

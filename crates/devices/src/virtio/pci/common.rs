@@ -255,6 +255,9 @@ impl CommonConfig {
         let Some(start) = usize::try_from(offset).ok().filter(|&o| o < COMMON_LEN) else {
             return Action::None;
         };
+        if data.is_empty() {
+            return Action::None;
+        }
         let end = start.saturating_add(data.len()).min(COMMON_LEN);
         let mut image = self.image(ints);
         image[start..end].copy_from_slice(&data[..end - start]);

@@ -13,9 +13,13 @@
 //! ```
 //!
 //! A write to a queue's notification address writes that queue's eventfd. The eventfds exist
-//! from construction on, so the VMM may register them as KVM ioeventfds at those addresses
-//! (see [`WorkerHost::ioevents_moved`] and [`VirtioPciDevice::ioevents`]); without that, as on
-//! the software CPU, the write reaches the transport and the transport signals the eventfd.
+//! from construction on, so the VMM may register them as KVM ioeventfds at those addresses:
+//! [`WorkerHost::ioevents_moved`] reports every change of the decoded addresses (memory
+//! decoding turned on or off, BAR 0 moved while decoding). Without that, as on the software
+//! CPU, the write reaches the transport and the transport signals the eventfd.
+//!
+//! Lock order: the transport (under the PCI root), then its interrupt state; the worker locks
+//! only the interrupt state. [`WorkerHost::stop`] may therefore wait for the worker.
 //!
 //! When the driver sets DRIVER_OK the transport activates the device and hands its worker to
 //! the [`WorkerHost`]; a reset (device_status 0) stops the worker and resets the device. An
@@ -311,7 +315,12 @@ impl VirtioPciDevice {
         self.config.bar(0).map_or(0, |b| b.addr)
     }
 
-    /// Each queue's notification address at BAR 0's current address, with its eventfd.
+    /// Each queue's notification address at BAR 0's current address (decoded or not), with
+    /// its eventfd. For a VMM that registers ioeventfds once after [`PciRoot::add_device`]
+    /// rather than following [`WorkerHost::ioevents_moved`] (not both: the moves would
+    /// register the same addresses again). Registering once misses a guest that moves BAR 0.
+    ///
+    /// [`PciRoot::add_device`]: crate::pci::PciRoot::add_device
     pub fn ioevents(&self) -> Vec<IoEvent<'_>> {
         self.ioevents_at(self.bar_address())
     }

@@ -517,6 +517,46 @@ fn device_config_and_pci_cfg_capability_reach_the_bar() {
 }
 
 #[test]
+fn transport_behind_the_root_takes_notifications_through_the_window() {
+    let intx = Arc::new(MockIntx::default());
+    let mut root = PciRoot::new(
+        PciRootConfig {
+            ecam_base: 0xe000_0000,
+            mmio_base: 0xc000_0000,
+            mmio_size: 0x2000_0000,
+        },
+        PciIrqs {
+            intx,
+            msi: Arc::new(MockMsi::default()),
+        },
+    )
+    .unwrap();
+    let slot = root.reserve_slot().unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let host = Arc::new(MockHost::default());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let fake = Box::new(FakeDevice { seen, fail: false });
+    let dev = Arc::new(Mutex::new(
+        VirtioPciDevice::new(fake, mem, host.clone(), &slot).unwrap(),
+    ));
+    root.add_device(slot.slot, dev.clone()).unwrap();
+    let bar = dev.lock().unwrap().bar_address();
+    assert_eq!(bar % BAR_SIZE, 0);
+    assert!((0xc000_0000..0xe000_0000).contains(&bar));
+    root.config_write(0, slot.slot, 0, 4, &command::MEMORY.to_le_bytes());
+    let mut num_queues = [0u8; 2];
+    root.mmio_read(bar + 0x12, &mut num_queues);
+    assert_eq!(u16::from_le_bytes(num_queues), 3);
+    root.mmio_write(bar + NOTIFY_OFFSET + 8, &2u16.to_le_bytes());
+    let d = dev.lock().unwrap();
+    assert_eq!(d.ioevents()[2].fd.read().unwrap(), 1);
+    assert_eq!(d.ioevents()[2].addr, bar + NOTIFY_OFFSET + 8);
+    let moves = host.moves.lock().unwrap();
+    assert_eq!(moves.len(), 1, "decoding turned on once");
+    assert_eq!(moves[0].1[0], bar + NOTIFY_OFFSET);
+}
+
+#[test]
 fn hostile_driver_never_panics() {
     let mut r = rig();
     let mut seed = 0xdead_beef_cafe_f00du64;

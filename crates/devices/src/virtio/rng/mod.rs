@@ -152,3 +152,51 @@ fn fill_random(buf: &mut [u8]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::test_queue::{self, TestQueue};
+
+    #[test]
+    fn fills_buffers_and_refuses_oversized_chains() {
+        let mem = test_queue::memory();
+        let mut q = TestQueue::new(0x1_0000, 8);
+        let mut rng = Rng::new();
+        let irq = test_queue::interrupt();
+        let mut w = rng
+            .activate(Activation {
+                mem: mem.clone(),
+                features: F_VERSION_1,
+                queues: vec![q.active(&mem)],
+                interrupt: irq.clone(),
+            })
+            .unwrap();
+        q.add(&mem, &[(0x8_0000, 64, true)]);
+        // Two 48 KiB buffers: more than one request may ask for.
+        q.add(
+            &mem,
+            &[(0x4_0000, 48 << 10, true), (0x5_0000, 48 << 10, true)],
+        );
+        // A device-readable buffer: nothing to fill.
+        q.add(&mem, &[(0x8_1000, 64, false)]);
+        q.add(&mem, &[(0x8_2000, 64, true)]);
+        w.handle(0);
+        assert_eq!(q.used_idx(&mem), 4);
+        assert_eq!(q.used(&mem, 0), (0, 64));
+        assert_eq!(q.used(&mem, 1).1, 0, "oversized chain");
+        assert_eq!(q.used(&mem, 2).1, 0, "nothing writable");
+        assert_eq!(q.used(&mem, 3).1, 64);
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 64];
+        mem.read_slice(&mut a, GuestAddress(0x8_0000)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(0x8_2000)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(rng.stats().errors.load(Ordering::Relaxed), 1);
+        assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
+    }
+}
