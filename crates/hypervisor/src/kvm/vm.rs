@@ -24,6 +24,9 @@ pub struct KvmVm {
     routes: Mutex<BTreeMap<u32, (u64, u32)>>,
     /// Guest RAM, for the software CPU's fallback.
     regions: Arc<RwLock<Vec<MemoryRegion>>>,
+    /// An irqfd per message-signalled source beyond the IOAPIC pins (PCI MSI-X vectors): the
+    /// device thread signals an eventfd and the kernel injects, with no ioctl per interrupt.
+    irqfds: Mutex<BTreeMap<u32, vmm_sys_util::eventfd::EventFd>>,
 }
 
 impl KvmVm {
@@ -54,6 +57,7 @@ impl KvmVm {
             ops,
             routes: Mutex::new(BTreeMap::new()),
             regions: Arc::default(),
+            irqfds: Mutex::default(),
         })
     }
 
@@ -121,6 +125,28 @@ impl Vm for KvmVm {
 
     fn signal_msi(&self, gsi: u32, address: u64, data: u32) -> Result<()> {
         self.update_route(gsi, address, data)?;
+        if gsi >= IOAPIC_PINS as u32 {
+            let mut irqfds = self.irqfds.lock().unwrap_or_else(|p| p.into_inner());
+            if !irqfds.contains_key(&gsi) {
+                let fd =
+                    vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                        HypervisorError::Ioctl {
+                            op: "eventfd",
+                            source,
+                        }
+                    })?;
+                self.fd
+                    .register_irqfd(&fd, gsi)
+                    .map_err(ioctl_err("KVM_IRQFD"))?;
+                irqfds.insert(gsi, fd);
+            }
+            if let Some(fd) = irqfds.get(&gsi) {
+                return fd.write(1).map_err(|source| HypervisorError::Ioctl {
+                    op: "irqfd write",
+                    source,
+                });
+            }
+        }
         // KVM_IRQ_LINE on a GSI with an MSI route sends the message; a level of 0 is ignored for
         // MSI routes, so one call is one interrupt.
         self.fd
