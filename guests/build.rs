@@ -66,6 +66,11 @@ const GUESTS: &[Guest] = &[
         source: "virtio.rs",
         pvh: true,
     },
+    Guest {
+        name: "counter",
+        source: "counter.rs",
+        pvh: true,
+    },
 ];
 
 /// Code generation flags shared by the runtime and the guests. The red zone goes (interrupts

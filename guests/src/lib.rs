@@ -45,11 +45,16 @@ pub enum Guest {
     /// tests named on its command line (`test=blk,blk-read,net,net-echo,rng,vsock`); see
     /// guests/README.md for the options and output lines.
     Virtio,
+    /// Runs until stopped: a 100 Hz LAPIC timer counts `ticks`, the main loop counts `count`,
+    /// and every `every=N` ticks it prints `counter: count=C ticks=T` (and with `disk=1` writes
+    /// that line to a virtio-blk sector); `limit=N` makes it exit 0 after N lines. For lifecycle
+    /// and snapshot tests; see guests/README.md for the options and output lines.
+    Counter,
 }
 
 impl Guest {
     /// Every guest.
-    pub const ALL: [Guest; 10] = [
+    pub const ALL: [Guest; 11] = [
         Guest::Hello,
         Guest::Smp,
         Guest::Timer,
@@ -60,6 +65,7 @@ impl Guest {
         Guest::Status,
         Guest::CpuLoop,
         Guest::Virtio,
+        Guest::Counter,
     ];
 
     /// The guest's name, which is also its file name.
@@ -75,6 +81,7 @@ impl Guest {
             Guest::Status => "status",
             Guest::CpuLoop => "cpuloop",
             Guest::Virtio => "virtio",
+            Guest::Counter => "counter",
         }
     }
 
@@ -91,6 +98,7 @@ impl Guest {
             Guest::Status => STATUS,
             Guest::CpuLoop => CPULOOP,
             Guest::Virtio => VIRTIO,
+            Guest::Counter => COUNTER,
         })
     }
 

@@ -123,3 +123,26 @@ fn virtio_guest_is_listed_and_carries_its_output_lines() {
         );
     }
 }
+
+#[test]
+fn counter_guest_is_listed_and_carries_its_output_lines() {
+    assert_eq!(Guest::from_name("counter"), Some(Guest::Counter));
+    assert_eq!(guests::path("counter"), Some(Guest::Counter.path()));
+    assert_eq!(Guest::Counter.path().to_str(), Some(guests::COUNTER));
+    assert!(Guest::Counter.has_pvh_note());
+    let data = std::fs::read(Guest::Counter.path()).expect("counter image");
+    // The fragments its lines are assembled from (guests/README.md, "The `counter` guest").
+    for needle in [
+        "counter: start every=",
+        "counter: count=",
+        " ticks=",
+        "counter: wrote sector ",
+        "counter: disk: ",
+        "counter: bad value for ",
+    ] {
+        assert!(
+            data.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the counter guest lacks {needle:?}"
+        );
+    }
+}

@@ -60,6 +60,31 @@ pub fn ensure_package(binary: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the PyPI `package` with pip if Python cannot import `module`. Without python3 at
+/// all it only says so: the tests that need the module skip with a reason.
+pub fn ensure_pip_module(module: &str, package: &str) -> anyhow::Result<()> {
+    let import = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output();
+    match import {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(_) => {}
+        Err(_) => {
+            eprintln!("xtask: python3 is missing, so the tests that need {package} will skip");
+            return Ok(());
+        }
+    }
+    eprintln!("xtask: pip install {package}");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", package])
+        .status()
+        .context("cannot run python3 -m pip")?;
+    if !status.success() {
+        bail!("`python3 -m pip install {package}` failed ({status})");
+    }
+    Ok(())
+}
+
 /// Assembles (or finds) the default guest, with progress on stderr.
 pub fn default_guest() -> anyhow::Result<guest_image::DefaultGuest> {
     guest_image::ensure_default_guest(&mut |step| eprintln!("xtask: {step}"))

@@ -9,8 +9,10 @@ mod host;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str =
-    "usage: cargo xtask <guest | test [TESTNAME] | bench <startup | cpu | linux-boot>>";
+const USAGE: &str = concat!(
+    "usage: cargo xtask <guest | test [TESTNAME] | ",
+    "bench <startup | cpu | linux-boot | block [CASE]>>"
+);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +28,7 @@ fn main() -> anyhow::Result<()> {
             Some("startup") => bench::startup::run(),
             Some("cpu") => bench::cpu::run(),
             Some("linux-boot") => bench::linux_boot::run(),
+            Some("block") => bench::block::run(args.get(2).map(String::as_str)),
             Some(other) => bail!("unknown benchmark '{other}'\n{USAGE}"),
             None => bail!("which benchmark?\n{USAGE}"),
         },
@@ -40,6 +43,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // The device tests: qemu-img checks qcow2 images, ip builds bridges in test namespaces.
     host::ensure_package("qemu-img", "qemu-utils")?;
     host::ensure_package("ip", "iproute2")?;
+    // The API tests check docs/api/openapi.json with a real OpenAPI validator.
+    host::ensure_pip_module("openapi_spec_validator", "openapi-spec-validator")?;
     host::default_guest()?;
     // --show-output prints what passing tests said: the reasons of the ones that skip.
     let status = std::process::Command::new(env!("CARGO"))

@@ -10,13 +10,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmm::{Accel, ClockConfig, SerialConfig, VmOutcome, VmRequest};
 
+mod api_mode;
+mod ctl;
+
 /// Kernel command line when none is given: the console (and the early console) on COM1, reboot
 /// through the keyboard
 /// controller, and a panic that resets the machine rather than hanging it.
-const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1";
+pub(crate) const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1";
 
 /// Exit status for errors in what the user gave (flags, files) or in the host's setup.
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +41,10 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Start a VMM with no VM, configured and booted through its REST API.
+    Vmm(api_mode::VmmArgs),
+    /// Talk to a running VMM's API.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -89,6 +96,17 @@ struct RunArgs {
     /// Say on stderr which engine runs the guest, and why.
     #[arg(long, short)]
     verbose: bool,
+    /// Serve the REST API on this Unix socket while the VM runs.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Take the VM from a JSON file with the API's schema (PUT /vm/config) instead of flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "kernel", "initrd", "cmdline", "cpus", "memory", "hide_cpu_features", "accel", "disks",
+        "nets", "vsock", "rng",
+    ])]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    log: api_mode::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -162,7 +180,15 @@ fn default_guest(args: &mut RunArgs) -> anyhow::Result<()> {
 }
 
 fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
+    args.log.init()?;
     let verbose = args.verbose;
+    if let Some(file) = &args.config {
+        let config = api_mode::read_config(file)?;
+        let mut request = vmm::api_config::request(&config, DEFAULT_CMDLINE)
+            .with_context(|| format!("{}", file.display()))?;
+        request.clock = args.clock;
+        return api_mode::run_request(request, args.api_socket.as_deref(), verbose);
+    }
     if args.kernel.is_none() {
         default_guest(&mut args)?;
     }
@@ -181,10 +207,15 @@ fn run(mut args: RunArgs) -> anyhow::Result<VmOutcome> {
         vsock: args.vsock,
         rng: args.rng,
     };
+    api_mode::run_request(request, args.api_socket.as_deref(), verbose)
+}
+
+/// Runs the VM `request` describes, without an API.
+pub(crate) fn run_plain(request: VmRequest, verbose: bool) -> anyhow::Result<VmOutcome> {
     let host_ram = vmm::config::host_ram().context("Cannot read the host's RAM size")?;
     let config = request.validate(host_ram)?;
     let engine = vmm::Engine::select(&config)?;
-    if args.verbose {
+    if verbose {
         match engine.fallback_reason() {
             Some(why) => eprintln!("popek: engine {} (KVM unusable: {why})", engine.name()),
             None => eprintln!("popek: engine {}", engine.name()),
@@ -218,6 +249,14 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Vmm(args) => match api_mode::serve_empty(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("popek: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Ctl(args) => ctl::main(args),
         Command::Image {
             action: ImageAction::Build,
         } => match guest_image::ensure_default_guest(&mut progress) {

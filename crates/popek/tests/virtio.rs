@@ -400,7 +400,12 @@ fn a_guest_exchanges_frames_with_a_host_program_on_its_tap() {
     if !netns::enter_new_netns() {
         return;
     }
-    if Command::new("python3").arg("-c").arg("pass").status().is_err() {
+    if Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_err()
+    {
         eprintln!("skipped: python3 is not installed");
         return;
     }
@@ -415,7 +420,11 @@ fn a_guest_exchanges_frames_with_a_host_program_on_its_tap() {
         .unwrap();
     // The guest sends its frame once, early: start it only when the peer listens.
     let mut ready = [0u8; 12];
-    peer.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    peer.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
     assert_eq!(&ready, b"peer: ready\n");
     let kernel = Guest::Virtio.path().to_str().unwrap();
     let r = common::run(
@@ -452,6 +461,9 @@ fn a_tap_popek_creates_is_gone_when_the_vm_ends() {
     );
     assert_eq!(r.status, Some(0), "{}", r.stderr);
     assert!(r.stdout.contains("virtio: 00:01.0 type 1"), "{}", r.stdout);
-    let show = Command::new("ip").args(["link", "show", "pnew0"]).output().unwrap();
+    let show = Command::new("ip")
+        .args(["link", "show", "pnew0"])
+        .output()
+        .unwrap();
     assert!(!show.status.success(), "pnew0 outlived the VM");
 }

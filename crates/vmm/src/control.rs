@@ -27,6 +27,8 @@ pub enum VmOutcome {
     },
     /// The user quit from the console.
     Quit,
+    /// Stopped through the API.
+    Stopped,
     /// The VMM hit an error while the guest ran.
     Failed(String),
 }
@@ -36,7 +38,11 @@ impl VmOutcome {
     /// the debug-exit port, 1 for failures.
     pub fn exit_status(&self) -> i32 {
         match self {
-            VmOutcome::PowerOff | VmOutcome::Reset | VmOutcome::TripleFault | VmOutcome::Quit => 0,
+            VmOutcome::PowerOff
+            | VmOutcome::Reset
+            | VmOutcome::TripleFault
+            | VmOutcome::Quit
+            | VmOutcome::Stopped => 0,
             VmOutcome::DebugExit(status) => i32::from(*status),
             VmOutcome::EmulationFailure { .. } | VmOutcome::Failed(_) => 1,
         }
@@ -54,6 +60,7 @@ impl std::fmt::Display for VmOutcome {
                 write!(f, "vCPU {cpu} stopped: {failure}")
             }
             VmOutcome::Quit => write!(f, "quit from the console"),
+            VmOutcome::Stopped => write!(f, "stopped through the API"),
             VmOutcome::Failed(why) => write!(f, "VMM error: {why}"),
         }
     }

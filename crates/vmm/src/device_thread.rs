@@ -129,7 +129,7 @@ impl WorkerHost for DeviceThread {
     }
 
     fn activation_failed(&self, device: &'static str, error: &ActivateError) {
-        eprintln!("popek: virtio {device}: activation failed: {error}");
+        crate::guest_warn!("virtio {device}: activation failed: {error}");
     }
 }
 

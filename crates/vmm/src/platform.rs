@@ -50,16 +50,30 @@ pub struct Buses {
 
 impl VmOps for Buses {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
-        self.pio.read(port.into(), data);
+        if !self.pio.read(port.into(), data) {
+            tracing::trace!(port, len = data.len(), "read of an unclaimed port");
+        }
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
-        self.pio.write(port.into(), data);
+        if !self.pio.write(port.into(), data) {
+            tracing::trace!(port, len = data.len(), "write to an unclaimed port");
+        }
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        self.mmio.read(addr, data);
+        if !self.mmio.read(addr, data) {
+            crate::guest_warn!(
+                "guest read unclaimed MMIO at {addr:#x} ({} bytes)",
+                data.len()
+            );
+        }
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        self.mmio.write(addr, data);
+        if !self.mmio.write(addr, data) {
+            crate::guest_warn!(
+                "guest wrote unclaimed MMIO at {addr:#x} ({} bytes)",
+                data.len()
+            );
+        }
     }
 }
 
@@ -202,6 +216,8 @@ pub struct Platform {
     pub doorbell: Arc<BspDoorbell>,
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciRoot>>,
+    /// The ACPI PM registers, whose power button the API presses.
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
 }
 
 impl Platform {
@@ -262,10 +278,10 @@ impl Platform {
             router.isa_irq(serial::COM1_IRQ).map_err(irq_err)?,
             serial_out,
         )));
-        let acpi_pm = AcpiPm::new(
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
             vm_control.clone(),
             router.isa_irq(acpi_pm::SCI_IRQ).map_err(irq_err)?,
-        );
+        )));
         let host_seconds = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -289,11 +305,7 @@ impl Platform {
             serial::COM1_PORT,
             serial::SERIAL_PORTS,
         )?;
-        pio.insert(
-            Arc::new(Mutex::new(acpi_pm)),
-            acpi_pm::ACPI_PM_BASE,
-            acpi_pm::ACPI_PM_LEN,
-        )?;
+        pio.insert(acpi_pm.clone(), acpi_pm::ACPI_PM_BASE, acpi_pm::ACPI_PM_LEN)?;
         pio.insert(Arc::new(Mutex::new(cmos)), cmos::CMOS_PORT, cmos::CMOS_LEN)?;
         pio.insert(
             Arc::new(Mutex::new(DebugExit::new(vm_control.clone()))),
@@ -331,6 +343,7 @@ impl Platform {
             msi,
             doorbell,
             pci,
+            acpi_pm,
         })
     }
 

@@ -1,13 +1,110 @@
 //! vCPU threads: each runs its vCPU until the VM ends, handling the exits that need the VMM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use devices::legacy::{Ioapic, Pic};
 use hypervisor::{Vcpu, VcpuKicker, VmExit};
 
 use crate::control::{Control, VmOutcome};
+
+/// Exit reasons as counted: the names metrics use.
+pub const EXIT_REASONS: [&str; 10] = [
+    "io",
+    "interrupted",
+    "interrupt_window",
+    "ioapic_eoi",
+    "halt",
+    "shutdown",
+    "reset",
+    "power_off",
+    "emulation_failure",
+    "other",
+];
+
+/// Counters of one vCPU thread, readable from any thread.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    /// Exits by reason, indexed as [`EXIT_REASONS`].
+    pub exits: [AtomicU64; EXIT_REASONS.len()],
+    /// Nanoseconds spent in the VMM between two runs of the engine.
+    pub vmm_nanos: AtomicU64,
+}
+
+impl VcpuCounters {
+    fn count(&self, exit: &Result<VmExit, hypervisor::HypervisorError>) {
+        let i = match exit {
+            Ok(VmExit::Io) => 0,
+            Ok(VmExit::Interrupted) => 1,
+            Ok(VmExit::InterruptWindow) => 2,
+            Ok(VmExit::IoapicEoi(_)) => 3,
+            Ok(VmExit::Halt) => 4,
+            Ok(VmExit::Shutdown) => 5,
+            Ok(VmExit::Reset) => 6,
+            Ok(VmExit::PowerOff) => 7,
+            Ok(VmExit::EmulationFailure(_)) => 8,
+            _ => 9,
+        };
+        self.exits[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stops and restarts every vCPU of a VM: pause waits until each has parked.
+#[derive(Default)]
+pub struct PauseGate {
+    paused: Mutex<bool>,
+    changed: Condvar,
+    parked: AtomicUsize,
+}
+
+impl PauseGate {
+    /// Whether a pause is requested.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests a pause; the caller kicks the vCPUs and waits with [`PauseGate::wait_parked`].
+    pub fn pause(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Waits until `n` vCPUs have parked, or `timeout` passes. True if they all did.
+    pub fn wait_parked(&self, n: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.parked.load(Ordering::SeqCst) < n {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Lets the vCPUs go again.
+    pub fn resume(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread: parks while paused (or until `stop` is set).
+    fn park_while_paused(&self, stop: &AtomicBool) {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !stop.load(Ordering::SeqCst) {
+            paused = self
+                .changed
+                .wait_timeout(paused, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// State shared between a vCPU thread and the threads that poke it.
 struct Shared {
@@ -54,6 +151,10 @@ pub struct VcpuRunner {
     pub control: Arc<Control>,
     /// Set when the VM is stopping.
     pub stop: Arc<AtomicBool>,
+    /// Pauses the vCPU between runs.
+    pub gate: Arc<PauseGate>,
+    /// The thread's counters.
+    pub counters: Arc<VcpuCounters>,
 }
 
 impl VcpuRunner {
@@ -106,6 +207,7 @@ impl VcpuRunner {
 
     fn run(mut self, shared: &Shared) {
         self.vcpu.kicker().bind_current_thread();
+        let mut left_engine = Instant::now();
         let outcome = loop {
             if self.stop.load(Ordering::SeqCst) {
                 return;
@@ -114,7 +216,14 @@ impl VcpuRunner {
             if let Err(e) = self.service_pic() {
                 break VmOutcome::Failed(format!("vCPU {}: {e}", self.id));
             }
-            match self.vcpu.run() {
+            self.counters
+                .vmm_nanos
+                .fetch_add(left_engine.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.gate.park_while_paused(&self.stop);
+            let exit = self.vcpu.run();
+            left_engine = Instant::now();
+            self.counters.count(&exit);
+            match exit {
                 Ok(VmExit::Io | VmExit::Interrupted | VmExit::InterruptWindow) => {}
                 Ok(VmExit::IoapicEoi(vector)) => {
                     self.ioapic
@@ -125,10 +234,13 @@ impl VcpuRunner {
                 Ok(VmExit::Halt) => {
                     // Only engines without an in-kernel local APIC exit on HLT: sleep until a
                     // kick brings an interrupt or the stop flag.
-                    while !shared.kicked.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst)
+                    while !shared.kicked.load(Ordering::SeqCst)
+                        && !self.stop.load(Ordering::SeqCst)
+                        && !self.gate.is_paused()
                     {
                         std::thread::park();
                     }
+                    left_engine = Instant::now();
                 }
                 Ok(VmExit::Shutdown) => break VmOutcome::TripleFault,
                 Ok(VmExit::Reset) => break VmOutcome::Reset,

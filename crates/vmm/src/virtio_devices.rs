@@ -53,6 +53,7 @@ pub enum VirtioSetupError {
 }
 
 /// Counters of one device, for metrics.
+#[derive(Clone)]
 pub enum DeviceStats {
     /// A disk.
     Block(Arc<BlockStats>),

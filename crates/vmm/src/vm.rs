@@ -18,8 +18,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::config::{SerialConfig, VmConfig};
 use crate::control::{Control, RunReport, VmOutcome};
 use crate::engine::Engine;
+use crate::handle::{NoObserver, RunObserver, VmHandle};
 use crate::platform::Platform;
 use crate::terminal::{self, EscapeFilter, Input};
+use crate::vcpu::{PauseGate, VcpuCounters};
 use crate::vcpu::{VcpuHandle, VcpuRunner};
 
 /// Errors of building or running a VM.
@@ -83,6 +85,15 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
 
 /// Builds the VM described by `config` on `engine`, runs it, and reports why it ended.
 pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> {
+    run_observed(config, engine, &NoObserver)
+}
+
+/// Like [`run_on`], and hands `observer` the VM's controls once it is built.
+pub fn run_observed(
+    config: &VmConfig,
+    engine: Engine,
+    observer: &dyn RunObserver,
+) -> Result<RunReport, VmmError> {
     let hypervisor = engine.hypervisor.as_ref();
     if config.cpus > hypervisor.max_vcpus() {
         return Err(hypervisor::HypervisorError::TooManyVcpus {
@@ -149,6 +160,8 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> 
         hidden: config.hidden_features.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(PauseGate::default());
+    let mut counters = Vec::with_capacity(config.cpus as usize);
     let mut runners = Vec::with_capacity(config.cpus as usize);
     let mut stats = Vec::with_capacity(config.cpus as usize);
     for id in 0..config.cpus {
@@ -167,6 +180,12 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> 
             ioapic: platform.ioapic.clone(),
             control: control.clone(),
             stop: stop.clone(),
+            gate: gate.clone(),
+            counters: {
+                let c = Arc::new(VcpuCounters::default());
+                counters.push(c.clone());
+                c
+            },
         });
     }
 
@@ -187,7 +206,27 @@ pub fn run_on(config: &VmConfig, engine: Engine) -> Result<RunReport, VmmError> 
         handles.push(handle);
     }
 
+    let mut device_stats = Vec::new();
+    let mut kinds = std::collections::HashMap::<&str, usize>::new();
+    for (kind, s) in &virtio.stats {
+        let n = kinds.entry(kind).or_default();
+        device_stats.push((format!("{kind}{n}"), s.clone()));
+        *n += 1;
+    }
+    observer.started(Arc::new(VmHandle {
+        engine: engine.name(),
+        booted: std::time::Instant::now(),
+        memory: config.memory,
+        counters,
+        engine_stats: stats.clone(),
+        devices: device_stats,
+        control: control.clone(),
+        gate: gate.clone(),
+        vcpus: handles.clone(),
+        acpi_pm: platform.acpi_pm.clone(),
+    }));
     let outcome = event_loop(&platform, &control, stdin_console);
+    gate.resume();
     stop.store(true, Ordering::SeqCst);
     for h in &handles {
         h.kick();

@@ -16,8 +16,8 @@ pub mod chain;
 pub mod net;
 pub mod pci;
 pub mod rng;
-#[cfg(test)]
-pub(crate) mod test_queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_queue;
 pub mod vsock;
 
 use std::os::fd::RawFd;

@@ -1,4 +1,6 @@
-//! A driver's side of one split virtqueue in guest memory, for device tests.
+//! A driver's side of one split virtqueue in guest memory, for device tests and benchmarks.
+//!
+//! Compiled only for tests and with the `test-utils` feature, never into the product.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +23,9 @@ pub fn memory() -> GuestMemory {
 }
 
 /// A queue of `size` entries whose rings live at `base`, `base + 0x1000` and `base + 0x2000`.
+///
+/// The gaps fit up to 256 entries: a descriptor table of 256 * 16 bytes, an available ring of
+/// 6 + 256 * 2 bytes, then the used ring (6 + 256 * 8 bytes) from `base + 0x2000`.
 pub struct TestQueue {
     base: u64,
     size: u16,
@@ -29,8 +34,12 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
-    /// A queue at `base`.
+    /// A queue at `base`. `size` is a power of two, at most 256.
     pub fn new(base: u64, size: u16) -> Self {
+        assert!(
+            size.is_power_of_two() && size <= 256,
+            "queue size {size} does not fit"
+        );
         Self {
             base,
             size,
