@@ -70,7 +70,10 @@ fn progress(serial: &Path) -> (u64, usize) {
 fn wait_lines(serial: &Path, n: usize) {
     let until = Instant::now() + Duration::from_secs(30);
     while progress(serial).1 < n {
-        assert!(Instant::now() < until, "the guest printed fewer than {n} lines");
+        assert!(
+            Instant::now() < until,
+            "the guest printed fewer than {n} lines"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -136,7 +139,12 @@ fn a_vm_is_driven_through_its_socket_from_configuration_to_stop() {
         .find(|s| s.metric == "popek_vm_state" && s.labels.get("state") == Some("running"))
         .expect("popek_vm_state{state=running}");
     assert!(matches!(running.value, prometheus_parse::Value::Gauge(v) if v == 1.0));
-    assert!(scrape.samples.iter().any(|s| s.metric == "popek_vcpu_exits_total"));
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "popek_vcpu_exits_total")
+    );
 
     assert_eq!(action(c, "stop").status, 204);
     assert_eq!(state(c), wire::VmState::Stopped);
@@ -178,26 +186,41 @@ fn requests_that_do_not_fit_are_refused_with_their_reason() {
     assert!(r.body.contains("PUT /vm/config"), "{}", r.body);
     // Unknown field, by name.
     let r = c
-        .put("/vm/config", &config(&serial).replace("\"cpus\"", "\"cpu\""))
+        .put(
+            "/vm/config",
+            &config(&serial).replace("\"cpus\"", "\"cpu\""),
+        )
         .unwrap();
     assert_eq!(r.status, 400);
     assert!(r.body.contains("cpu"), "{}", r.body);
     // Wrong type.
     let r = c
-        .put("/vm/config", &config(&serial).replace("\"cpus\":1", "\"cpus\":\"one\""))
+        .put(
+            "/vm/config",
+            &config(&serial).replace("\"cpus\":1", "\"cpus\":\"one\""),
+        )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     // Malformed JSON.
     assert_eq!(c.put("/vm/config", "{\"machine\":").unwrap().status, 400);
     // A valid document with an impossible value names the field.
     let r = c
-        .put("/vm/config", &config(&serial).replace("\"memory_mib\":64", "\"memory_mib\":1"))
+        .put(
+            "/vm/config",
+            &config(&serial).replace("\"memory_mib\":64", "\"memory_mib\":1"),
+        )
         .unwrap();
     assert_eq!(r.status, 400);
-    assert_eq!(r.api_error().unwrap().field.as_deref(), Some("machine.memory_mib"));
+    assert_eq!(
+        r.api_error().unwrap().field.as_deref(),
+        Some("machine.memory_mib")
+    );
     // A kernel that does not exist.
     let r = c
-        .put("/vm/config", &config(&serial).replace("counter\"", "no-such-kernel\""))
+        .put(
+            "/vm/config",
+            &config(&serial).replace("counter\"", "no-such-kernel\""),
+        )
         .unwrap();
     assert_eq!(r.api_error().unwrap().field.as_deref(), Some("boot.kernel"));
     // A path that does not exist.

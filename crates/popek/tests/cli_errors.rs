@@ -133,3 +133,63 @@ fn missing_dev_kvm_is_reported() {
          virtualization in the firmware)"
     );
 }
+
+#[test]
+fn a_config_file_with_an_unknown_field_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("popek-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vm.json");
+    std::fs::write(
+        &file,
+        r#"{"machine":{"cpus":1,"memory_mib":64,"cpu_count":2},"boot":{"kernel":"/k"}}"#,
+    )
+    .unwrap();
+    let r = common::run(
+        &["run", "--config", file.to_str().unwrap()],
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(r.status, Some(2));
+    assert!(
+        r.stderr.contains("unknown field `cpu_count`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_config_file_boots_the_vm_it_describes_and_logs_json_on_request() {
+    let dir = std::env::temp_dir().join(format!("popek-cfg-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vm.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"machine":{{"cpus":1,"memory_mib":64}},"boot":{{"kernel":"{}"}}}}"#,
+            guests::Guest::Hello.path().display()
+        ),
+    )
+    .unwrap();
+    let r = common::run(
+        &[
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--log-json",
+            "--log-level",
+            "info",
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "Hello from the popek hello guest!\n");
+    let logs: Vec<&str> = r.stderr.lines().collect();
+    assert!(logs.len() >= 2, "{}", r.stderr);
+    for l in logs {
+        assert!(l.starts_with('{') && l.ends_with('}'), "not JSON: {l}");
+        assert!(l.contains("\"level\":\"INFO\""), "{l}");
+    }
+    assert!(r.stderr.contains("VM started"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -225,8 +225,18 @@ pub fn run_observed(
         vcpus: handles.clone(),
         acpi_pm: platform.acpi_pm.clone(),
     }));
+    tracing::info!(
+        engine = engine.name(),
+        cpus = config.cpus,
+        memory_mib = config.memory >> 20,
+        devices = virtio.stats.len(),
+        "VM started"
+    );
     let outcome = event_loop(&platform, &control, stdin_console);
     gate.resume();
+    if let Ok(o) = &outcome {
+        tracing::info!(outcome = %o, "VM ended");
+    }
     stop.store(true, Ordering::SeqCst);
     for h in &handles {
         h.kick();
