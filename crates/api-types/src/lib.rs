@@ -3,7 +3,7 @@
 //!
 //! These are serde types and nothing else: no validation, no behaviour. Every struct rejects
 //! unknown fields, so a typo in a request or a config file is an error naming the field.
-//! `docs/api/openapi.yaml` describes the same types; a test keeps the two in step.
+//! `docs/api/openapi.json` describes the same types; a test keeps the two in step.
 //!
 //! Resources:
 //! - `GET /vm` → [`VmInfo`]

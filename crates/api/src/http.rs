@@ -346,6 +346,23 @@ mod tests {
     }
 
     #[test]
+    fn random_framing_is_refused_never_a_panic() {
+        let alphabet = b"0123456789abcdefxyz;= \r\n\r\n";
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| alphabet[((seed >> (i % 60)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            let _ = read_chunked(&mut Cursor::new(&bytes[..]), 16);
+            let _ = read_head(&mut Cursor::new(&bytes[..]), 16);
+        }
+    }
+
+    #[test]
     fn dates_are_imf_fixdates() {
         let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");

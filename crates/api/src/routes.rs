@@ -389,6 +389,91 @@ mod tests {
         serde_json::from_slice::<ApiError>(&reply.body).ok()?.state
     }
 
+    /// A backend that accepts everything.
+    struct Yes;
+
+    impl Backend for Yes {
+        fn info(&self) -> api_types::VmInfo {
+            let version = String::new();
+            api_types::VmInfo {
+                state: VmState::Created,
+                config: None,
+                engine: None,
+                uptime_ms: None,
+                last_stop: None,
+                version,
+            }
+        }
+        fn put_config(&self, _: VmConfig) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn patch_config(&self, _: VmConfigPatch) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn put_disk(&self, _: usize, _: DiskConfig) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn put_net(&self, _: usize, _: NetConfig) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn action(&self, _: api_types::Action) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn counters(&self) -> api_types::VmCounters {
+            Default::default()
+        }
+        fn events(&self, _: u64) -> api_types::EventList {
+            api_types::EventList {
+                events: Vec::new(),
+                next: 0,
+            }
+        }
+    }
+
+    #[test]
+    fn mangled_requests_get_a_client_error_never_a_panic() {
+        const CONFIG: &[u8] = br#"{"machine":{"cpus":2,"memory_mib":256,"accel":"kvm"},
+            "boot":{"kernel":"/k","cmdline":"console=ttyS0"},"disks":[{"path":"/d"}],
+            "serial":{"mode":"file","path":"/s"},"vsock":{"cid":3,"socket":"/v"}}"#;
+        let alphabet = b"{}[]\":,0123456789-.eEtrufalsn \\\n\xff/?&=%{index}";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut body = CONFIG.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % body.len() as u64) as usize;
+                let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 => body[at] = byte,
+                    1 => body.insert(at, byte),
+                    _ => drop(body.remove(at)),
+                }
+            }
+            for &(method, template) in ROUTES {
+                let mut target = template.replace("{index}", &(next() % 3).to_string());
+                if next() % 4 == 0 {
+                    let cut = (next() % target.len() as u64) as usize;
+                    target.insert_str(
+                        cut,
+                        std::str::from_utf8(&body[..body.len().min(5)]).unwrap_or("?"),
+                    );
+                }
+                match resolve(method, &target) {
+                    Ok(endpoint) => {
+                        let reply = call(&Yes, endpoint, &body);
+                        assert!(matches!(reply.status, 200 | 204 | 400), "{reply:?}");
+                    }
+                    Err(reply) => assert!(matches!(reply.status, 400 | 404 | 405), "{reply:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_route_resolves_to_an_endpoint() {
         for &(method, template) in ROUTES {
