@@ -18,6 +18,7 @@ pub mod log;
 pub mod manager;
 pub use api_backend::rss_bytes;
 pub mod platform;
+pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio_devices;

@@ -123,7 +123,11 @@ fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Snapsho
 }
 
 /// Writes `DIR/state.json` from `header` (whose checksum is filled in here) and `body`.
-pub fn write_state<T: Serialize>(dir: &Path, mut header: Header, body: &T) -> Result<(), SnapshotError> {
+pub fn write_state<T: Serialize>(
+    dir: &Path,
+    mut header: Header,
+    body: &T,
+) -> Result<(), SnapshotError> {
     let path = dir.join(STATE_FILE);
     let body = serde_json::to_vec(body).map_err(|e| SnapshotError::Corrupt {
         path: path.clone(),
@@ -150,13 +154,14 @@ pub fn write_state<T: Serialize>(dir: &Path, mut header: Header, body: &T) -> Re
 pub fn read_state<T: DeserializeOwned>(dir: &Path) -> Result<(Header, T), SnapshotError> {
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path, "cannot read"))?;
-    let split = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| SnapshotError::NotASnapshot {
-            path: path.clone(),
-            why: "no header line".into(),
-        })?;
+    let split =
+        bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| SnapshotError::NotASnapshot {
+                path: path.clone(),
+                why: "no header line".into(),
+            })?;
     let (head, body) = (&bytes[..split], &bytes[split + 1..]);
     // The version fields first, so that a future header layout still gives a version error.
     let probe: serde_json::Value =
@@ -180,12 +185,17 @@ pub fn read_state<T: DeserializeOwned>(dir: &Path) -> Result<(Header, T), Snapsh
             .and_then(|v| v.as_str())
             .unwrap_or("unknown")
             .to_string();
-        return Err(SnapshotError::Version { path, found, writer });
+        return Err(SnapshotError::Version {
+            path,
+            found,
+            writer,
+        });
     }
-    let header: Header = serde_json::from_value(probe).map_err(|e| SnapshotError::NotASnapshot {
-        path: path.clone(),
-        why: format!("header: {e}"),
-    })?;
+    let header: Header =
+        serde_json::from_value(probe).map_err(|e| SnapshotError::NotASnapshot {
+            path: path.clone(),
+            why: format!("header: {e}"),
+        })?;
     let body = body.strip_suffix(b"\n").unwrap_or(body);
     let crc = format!("{:08x}", crc32fast::hash(body));
     if crc != header.body_crc32 {
@@ -239,7 +249,11 @@ mod tests {
         assert!(matches!(e, SnapshotError::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("checksum"), "{e}");
 
-        std::fs::write(&path, good.replace("\"format_version\":1", "\"format_version\":7")).unwrap();
+        std::fs::write(
+            &path,
+            good.replace("\"format_version\":1", "\"format_version\":7"),
+        )
+        .unwrap();
         let e = read_state::<Vec<u32>>(&d).unwrap_err();
         assert!(matches!(e, SnapshotError::Version { found: 7, .. }), "{e}");
 
