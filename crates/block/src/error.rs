@@ -29,6 +29,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A new image file could not be created (it exists already, say).
+    #[error("Cannot create {}", path.display())]
+    Create {
+        /// The image file.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// A new image was asked for with parameters the format cannot hold.
+    #[error("Cannot create {}: {what}", path.display())]
+    CannotCreate {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong, as a sentence.
+        what: String,
+    },
     /// A format name that is neither `raw` nor `qcow2`.
     #[error("Unknown disk image format \"{0}\" (expected raw or qcow2)")]
     UnknownFormat(String),

@@ -49,6 +49,12 @@
 //! memory and written through. If a metadata write fails (a full host disk, say), the image
 //! refuses further writes until it is reopened ([`Error::MetadataWriteFailed`]).
 //!
+//! # Creating images
+//! [`create_qcow2`] writes an empty qcow2 version 3 image (64 KiB clusters, 16-bit refcounts),
+//! optionally an overlay on a backing file whose format it records, as `qemu-img create -f
+//! qcow2 [-b BACKING -F FORMAT]` does; it never replaces an existing file. [`backing_file`]
+//! reads an image's backing file from its header without opening the chain.
+//!
 //! Not done: reading compressed clusters, writing images with internal snapshots, encryption,
 //! external data files, extended L2 entries, zstd compression, file locking against another
 //! process using the same image.
@@ -63,7 +69,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub use error::Error;
-pub use qcow2::{HeaderError, Qcow2Header};
+pub use qcow2::{HeaderError, Qcow2Header, backing_file, create_qcow2};
 
 use host::HostFile;
 

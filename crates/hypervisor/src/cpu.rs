@@ -1,8 +1,10 @@
 //! Backend-neutral x86-64 CPU state.
 
+use serde::{Deserialize, Serialize};
+
 /// General-purpose registers, RIP and RFLAGS.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StandardRegisters {
     pub rax: u64,
     pub rbx: u64,
@@ -26,7 +28,7 @@ pub struct StandardRegisters {
 
 /// A segment register with its hidden descriptor cache.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRegister {
     pub base: u64,
     pub limit: u32,
@@ -49,7 +51,7 @@ pub struct SegmentRegister {
 
 /// A descriptor-table register (GDTR, IDTR).
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableRegister {
     pub base: u64,
     pub limit: u16,
@@ -57,7 +59,7 @@ pub struct TableRegister {
 
 /// Segment, control and descriptor-table registers.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecialRegisters {
     pub cs: SegmentRegister,
     pub ds: SegmentRegister,
@@ -79,7 +81,7 @@ pub struct SpecialRegisters {
 }
 
 /// x87 and SSE state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FpuState {
     /// x87 control word.
     pub fcw: u16,
@@ -99,7 +101,7 @@ impl Default for FpuState {
 
 /// One CPUID leaf (and subleaf) with its four output registers.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuidEntry {
     pub function: u32,
     pub index: u32,
@@ -115,7 +117,7 @@ pub struct CpuidEntry {
 pub const CPUID_FLAG_SIGNIFICANT_INDEX: u32 = 1;
 
 /// A model-specific register and its value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MsrEntry {
     /// MSR number.
     pub index: u32,

@@ -16,12 +16,17 @@ mod cpu;
 pub mod emu;
 mod exit;
 pub mod kvm;
+mod snapshot;
 
 pub use cpu::{
     CPUID_FLAG_SIGNIFICANT_INDEX, CpuMode, CpuidEntry, FpuState, MsrEntry, SegmentRegister,
     SpecialRegisters, StandardRegisters, TableRegister,
 };
 pub use exit::{EmulationFailure, VmExit};
+pub use snapshot::{
+    EmuVcpuState, EmuVmState, KvmDebugRegs, KvmVcpuEvents, KvmVcpuState, KvmVmState, KvmXcr,
+    MsiRoute, VcpuSnapshot, VmSnapshot,
+};
 
 use std::sync::Arc;
 
@@ -73,6 +78,22 @@ pub enum HypervisorError {
         /// The value refused.
         value: u64,
     },
+    /// The engine cannot do this.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A snapshot taken by one engine was given to the other.
+    #[error("Cannot restore a {what} snapshot of the {found} engine on the {engine} engine")]
+    SnapshotEngineMismatch {
+        /// "vCPU" or "VM".
+        what: &'static str,
+        /// The engine that took the snapshot.
+        found: &'static str,
+        /// The engine asked to restore it.
+        engine: &'static str,
+    },
+    /// A snapshot whose contents the engine cannot take.
+    #[error("Invalid snapshot: {0}")]
+    InvalidSnapshot(String),
 }
 
 /// Result of the CPU engines.
@@ -146,6 +167,23 @@ pub trait Vm: Send + Sync {
     ) -> Result<()> {
         Ok(())
     }
+    /// The VM-wide engine state: KVM's clock and MSI routes; the software CPU's time base. Take
+    /// it with every vCPU paused, after their [`Vcpu::snapshot`]s.
+    fn snapshot(&self) -> Result<VmSnapshot>;
+    /// Restores [`Vm::snapshot`]'s state on a freshly created VM of the same engine (a snapshot
+    /// of the other engine is refused with [`HypervisorError::SnapshotEngineMismatch`]). Call it
+    /// before restoring the vCPUs and the devices, whose timers count from the restored clock.
+    fn restore(&self, snapshot: &VmSnapshot) -> Result<()>;
+    /// Starts tracking the pages the guest writes, for diff snapshots, and forgets the writes
+    /// before the call. Memory mapped later is tracked too. The software CPU has no such log:
+    /// it returns [`HypervisorError::Unsupported`], and the VMM compares memory instead.
+    fn start_dirty_log(&self) -> Result<()>;
+    /// The pages written since [`Vm::start_dirty_log`] or the previous call, which this call
+    /// forgets: for each memory region, its guest-physical base and a bitmap with one bit per
+    /// 4 KiB page (bit `i % 64` of word `i / 64` for the page at `base + i * 4096`).
+    fn dirty_pages(&self) -> Result<Vec<(u64, Vec<u64>)>>;
+    /// Stops tracking written pages.
+    fn stop_dirty_log(&self) -> Result<()>;
 }
 
 /// A virtual CPU. It is created on the VMM's thread and then moved to its own thread.
@@ -182,6 +220,15 @@ pub trait Vcpu: Send {
     fn stats(&self) -> Arc<VcpuStats> {
         Arc::new(VcpuStats::default())
     }
+    /// Everything needed to resume this vCPU. Call it while the vCPU is not running (paused
+    /// between two [`Vcpu::run`]s); under KVM it first completes the port or MMIO access of the
+    /// last exit, so the state is that of the next instruction.
+    fn snapshot(&self) -> Result<VcpuSnapshot>;
+    /// Restores [`Vcpu::snapshot`]'s state on a freshly created vCPU of the same engine (a
+    /// snapshot of the other engine is refused with [`HypervisorError::SnapshotEngineMismatch`]).
+    /// The CPUID comes back with it. Under the software CPU the local APIC is not part of it:
+    /// the VMM restores it.
+    fn restore(&mut self, snapshot: &VcpuSnapshot) -> Result<()>;
 }
 
 /// Counters of one vCPU, readable from any thread.

@@ -12,6 +12,7 @@ use vmm::{Accel, ClockConfig, SerialConfig, VmOutcome, VmRequest};
 
 mod api_mode;
 mod ctl;
+mod disk;
 
 /// Kernel command line when none is given: the console (and the early console) on COM1, reboot
 /// through the keyboard
@@ -45,6 +46,11 @@ enum Command {
     Vmm(api_mode::VmmArgs),
     /// Talk to a running VMM's API.
     Ctl(ctl::CtlArgs),
+    /// Snapshots and rollback of a stopped VM's disk images (qcow2 overlays).
+    Disk {
+        #[command(subcommand)]
+        action: disk::DiskCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -257,6 +263,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl(args) => ctl::main(args),
+        Command::Disk { action } => disk::main(action),
         Command::Image {
             action: ImageAction::Build,
         } => match guest_image::ensure_default_guest(&mut progress) {

@@ -1,4 +1,9 @@
 //! The architectural state of one CPU.
+//!
+//! The state serializes with serde (for snapshots); the 128-bit registers are written as hex
+//! strings, which every JSON reader can hold.
+
+use serde::{Deserialize, Serialize};
 
 /// The six segment registers, in their encoding order.
 #[allow(missing_docs)]
@@ -14,7 +19,7 @@ pub enum SegReg {
 
 /// A segment register: the visible selector and the hidden descriptor cache.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub selector: u16,
     pub base: u64,
@@ -53,7 +58,7 @@ impl Segment {
 
 /// GDTR or IDTR.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DescriptorTable {
     pub base: u64,
     pub limit: u16,
@@ -61,9 +66,10 @@ pub struct DescriptorTable {
 
 /// x87 state. Registers are kept as 80-bit values in the low bytes of a `u128`.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct X87 {
     /// ST(i) storage, physical order R0..R7.
+    #[serde(with = "u128_hex")]
     pub regs: [u128; 8],
     pub fcw: u16,
     pub fsw: u16,
@@ -133,7 +139,7 @@ impl X87 {
 
 /// MSRs the CPU implements itself.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Msrs {
     pub star: u64,
     pub lstar: u64,
@@ -161,7 +167,7 @@ pub const MTRR_FIXED: [u32; 11] = [
 ];
 
 /// Everything a CPU holds between instructions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuState {
     /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15 (encoding order).
     pub gpr: [u64; 16],
@@ -202,6 +208,7 @@ pub struct CpuState {
     /// x87.
     pub x87: X87,
     /// XMM0..XMM15.
+    #[serde(with = "u128_hex")]
     pub xmm: [u128; 16],
     /// SSE control and status.
     pub mxcsr: u32,
@@ -404,5 +411,72 @@ impl CpuState {
         } else {
             16
         }
+    }
+}
+
+/// Serde for arrays of 128-bit registers as hex strings ("0x..."): JSON numbers that large are
+/// not portable.
+mod u128_hex {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        regs: &[u128; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(regs.iter().map(|r| format!("{r:#x}")))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u128; N], D::Error> {
+        let strings = Vec::<String>::deserialize(d)?;
+        if strings.len() != N {
+            return Err(D::Error::invalid_length(
+                strings.len(),
+                &format!("{N} registers").as_str(),
+            ));
+        }
+        let mut regs = [0u128; N];
+        for (reg, text) in regs.iter_mut().zip(&strings) {
+            let digits = text
+                .strip_prefix("0x")
+                .ok_or_else(|| D::Error::custom(format!("register {text:?} lacks its 0x")))?;
+            *reg = u128::from_str_radix(digits, 16)
+                .map_err(|e| D::Error::custom(format!("register {text:?}: {e}")))?;
+        }
+        Ok(regs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_json_with_wide_registers_as_hex() {
+        let mut s = CpuState::default();
+        s.xmm[3] = u128::MAX - 5;
+        s.x87.regs[7] = 0x3fff_8000_0000_0000_0000;
+        s.msr.mtrr_var[15] = 0xfff;
+        s.wait_for_sipi = true;
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains("\"0xfffffffffffffffffffffffffffffffa\""),
+            "{json}"
+        );
+        let back: CpuState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn malformed_registers_are_refused() {
+        let json = serde_json::to_value(CpuState::default()).unwrap();
+        let mut short = json.clone();
+        short["xmm"] = serde_json::json!(["0x0"]);
+        assert!(serde_json::from_value::<CpuState>(short).is_err());
+        let mut bad = json;
+        bad["xmm"][0] = serde_json::json!("12");
+        assert!(serde_json::from_value::<CpuState>(bad).is_err());
     }
 }

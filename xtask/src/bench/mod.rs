@@ -3,6 +3,7 @@
 //! Every benchmark ends with one machine-readable line per figure:
 //! `bench NAME METRIC VALUE UNIT`.
 
+pub mod api;
 pub mod block;
 pub mod cpu;
 pub mod linux_boot;

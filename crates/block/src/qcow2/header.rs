@@ -18,11 +18,11 @@ pub(crate) const AUTOCLEAR_FIELD: u64 = 88;
 const V2_HEADER_LEN: usize = 72;
 const V3_HEADER_LEN: usize = 104;
 /// QEMU's limit on the L1 table (32 MiB).
-const MAX_L1_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_L1_BYTES: u64 = 32 << 20;
 /// QEMU's limit on the refcount table (8 MiB).
 pub(crate) const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// QEMU's limit on a backing file name.
-const MAX_BACKING_NAME: u32 = 1023;
+pub(crate) const MAX_BACKING_NAME: u32 = 1023;
 
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -31,7 +31,7 @@ const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
 
 const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub(crate) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 
 /// What is wrong with a qcow2 header, or what it asks for that is not supported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

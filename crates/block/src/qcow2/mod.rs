@@ -3,15 +3,14 @@
 //! See the crate documentation for what is supported and for the order of writes.
 
 mod cache;
+mod create;
 mod header;
 mod l2;
 mod refcount;
 
-use std::ffi::OsStr;
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
+pub use create::{CREATE_CLUSTER_BITS, backing_file, create_qcow2};
 pub use header::{HeaderError, QCOW2_MAGIC, Qcow2Header};
 
 use crate::host::{HostFile, serial};
@@ -161,15 +160,8 @@ impl Qcow2Image {
                 limit: MAX_BACKING_DEPTH,
             });
         }
-        let name = Path::new(OsStr::from_bytes(name));
-        let text = name.to_string_lossy();
-        if text.starts_with("json:") || text.contains("://") {
-            return Err(self.unsupported(&format!("backing file \"{text}\" (a protocol or JSON)")));
-        }
-        let backing: PathBuf = match path.parent() {
-            Some(dir) if name.is_relative() => dir.join(name),
-            _ => name.to_owned(),
-        };
+        let backing =
+            create::resolve_backing(path, name).map_err(|what| self.unsupported(&what))?;
         let format = match format {
             None => None,
             Some(name) => Some(

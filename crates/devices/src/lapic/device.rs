@@ -34,17 +34,17 @@ const REG_TIMER_CURRENT: u64 = 0x390;
 const REG_TIMER_DIVIDE: u64 = 0x3e0;
 
 /// LVT entries in register order: timer, thermal, performance counters, LINT0, LINT1, error.
-const LVT_TIMER: usize = 0;
+pub(super) const LVT_TIMER: usize = 0;
 const LVT_LINT0: usize = 3;
 const LVT_LINT1: usize = 4;
 const LVT_ERROR: usize = 5;
-const LVT_COUNT: usize = 6;
+pub(super) const LVT_COUNT: usize = 6;
 
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_VECTOR: u32 = 0xff;
 /// Writable bits of each LVT entry: vector, delivery mode (LINT and thermal/perf only), pin
 /// polarity and trigger mode (LINT only), mask, and for the timer the periodic mode bit.
-const LVT_WRITABLE: [u32; LVT_COUNT] = [
+pub(super) const LVT_WRITABLE: [u32; LVT_COUNT] = [
     0x0002_00ff | LVT_MASKED,
     0x0000_07ff | LVT_MASKED,
     0x0000_07ff | LVT_MASKED,
@@ -52,28 +52,28 @@ const LVT_WRITABLE: [u32; LVT_COUNT] = [
     0x0000_a7ff | LVT_MASKED,
     0x0000_00ff | LVT_MASKED,
 ];
-const TIMER_PERIODIC: u32 = 1 << 17;
+pub(super) const TIMER_PERIODIC: u32 = 1 << 17;
 const LVT_MODE_EXTINT: u32 = 7 << 8;
 const LVT_MODE_NMI: u32 = 4 << 8;
 
 const SVR_ENABLE: u32 = 1 << 8;
 /// Writable SVR bits: vector, software enable, focus processor checking.
-const SVR_WRITABLE: u32 = 0x3ff;
+pub(super) const SVR_WRITABLE: u32 = 0x3ff;
 
 /// Writable ICR low bits: vector, delivery mode, destination mode, level, trigger, shorthand.
-const ICR_WRITABLE: u32 = 0x000c_cfff;
+pub(super) const ICR_WRITABLE: u32 = 0x000c_cfff;
 
 /// ESR bits.
-const ESR_SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
-const ESR_RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
-const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
+pub(super) const ESR_SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
+pub(super) const ESR_RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
+pub(super) const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
 
 /// IA32_APIC_BASE bits.
-const BASE_BSP: u64 = 1 << 8;
-const BASE_ENABLE: u64 = 1 << 11;
-const BASE_X2APIC: u64 = 1 << 10;
+pub(super) const BASE_BSP: u64 = 1 << 8;
+pub(super) const BASE_ENABLE: u64 = 1 << 11;
+pub(super) const BASE_X2APIC: u64 = 1 << 10;
 /// Physical-address bits of the base (the engine's 40-bit physical address space).
-const BASE_ADDRESS: u64 = 0x0000_00ff_ffff_f000;
+pub(super) const BASE_ADDRESS: u64 = 0x0000_00ff_ffff_f000;
 
 /// The shortest interval between two periodic timer interrupts: a guest cannot make the host
 /// fire a timer every few nanoseconds.
@@ -81,7 +81,7 @@ pub const MIN_PERIODIC_NS: u64 = 50_000;
 
 /// A 256-bit register (ISR, TMR, IRR) as eight 32-bit words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Bits256([u32; 8]);
+pub(super) struct Bits256(pub(super) [u32; 8]);
 
 impl Bits256 {
     fn set(&mut self, v: u8) {
@@ -104,28 +104,28 @@ impl Bits256 {
 /// One CPU's local APIC.
 pub struct LocalApic {
     /// IA32_APIC_BASE.
-    base: u64,
+    pub(super) base: u64,
     /// ID register (ID in bits 31:24).
-    id: u32,
-    tpr: u32,
-    ldr: u32,
-    dfr: u32,
-    svr: u32,
-    isr: Bits256,
-    tmr: Bits256,
-    irr: Bits256,
+    pub(super) id: u32,
+    pub(super) tpr: u32,
+    pub(super) ldr: u32,
+    pub(super) dfr: u32,
+    pub(super) svr: u32,
+    pub(super) isr: Bits256,
+    pub(super) tmr: Bits256,
+    pub(super) irr: Bits256,
     /// The ESR as the guest last latched it, and the errors seen since.
-    esr: u32,
-    esr_pending: u32,
-    icr: u64,
-    lvt: [u32; LVT_COUNT],
-    timer: ApicTimer,
-    nmi_pending: bool,
-    init_pending: bool,
-    sipi_vector: Option<u8>,
-    outbox: Vec<ApicMessage>,
-    clock: Arc<dyn Clock>,
-    wakeup: Arc<dyn Timer>,
+    pub(super) esr: u32,
+    pub(super) esr_pending: u32,
+    pub(super) icr: u64,
+    pub(super) lvt: [u32; LVT_COUNT],
+    pub(super) timer: ApicTimer,
+    pub(super) nmi_pending: bool,
+    pub(super) init_pending: bool,
+    pub(super) sipi_vector: Option<u8>,
+    pub(super) outbox: Vec<ApicMessage>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) wakeup: Arc<dyn Timer>,
 }
 
 impl LocalApic {
@@ -433,7 +433,7 @@ impl LocalApic {
         fired
     }
 
-    fn rearm(&self, now: u64) {
+    pub(super) fn rearm(&self, now: u64) {
         let deadline = self.timer.deadline().map(|at| {
             if self.timer.periodic() {
                 at.max(now.saturating_add(MIN_PERIODIC_NS))

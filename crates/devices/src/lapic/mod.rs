@@ -16,13 +16,17 @@
 //! CPU doing the same the other way round. The owner routes interrupts to the APICs whose
 //! [`LocalApic::matches`] accepts their [`Destination`], with [`LocalApic::accept`].
 //!
+//! Its snapshot state is [`LapicState`]; the owner saves it with the outbox drained.
+//!
 //! [`Clock`]: crate::clock::Clock
 //! [`Timer`]: crate::clock::Timer
 
 mod device;
+mod state;
 mod timer;
 
 pub use device::LocalApic;
+pub use state::{LapicState, LapicTimerState};
 
 use crate::interrupt::MsiMessage;
 

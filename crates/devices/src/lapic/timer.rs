@@ -21,13 +21,13 @@ pub(super) struct ApicTimer {
     /// The divide configuration register (bits 0, 1 and 3).
     pub(super) divide_config: u32,
     /// Reload at zero.
-    periodic: bool,
+    pub(super) periodic: bool,
     /// When counting at the current divisor began; `None` when the timer is stopped.
-    start_ns: Option<u64>,
+    pub(super) start_ns: Option<u64>,
     /// Ticks counted from the initial count before `start_ns` (at an earlier divisor).
-    base_ticks: u64,
+    pub(super) base_ticks: u64,
     /// When the next interrupt is due.
-    next_irq_ns: Option<u64>,
+    pub(super) next_irq_ns: Option<u64>,
 }
 
 impl ApicTimer {
@@ -36,7 +36,7 @@ impl ApicTimer {
     }
 
     /// Ticks counted from the initial count at time `now`.
-    fn ticks(&self, start: u64, now: u64) -> u64 {
+    pub(super) fn ticks(&self, start: u64, now: u64) -> u64 {
         self.base_ticks
             .saturating_add(now.saturating_sub(start) / self.tick_ns())
     }

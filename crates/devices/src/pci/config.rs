@@ -94,9 +94,9 @@ pub struct PciHeader {
 
 /// One function's configuration space.
 pub struct PciConfiguration {
-    regs: Box<[u32; DWORDS]>,
-    writable: Box<[u32; DWORDS]>,
-    write_one_clears: Box<[u32; DWORDS]>,
+    pub(super) regs: Box<[u32; DWORDS]>,
+    pub(super) writable: Box<[u32; DWORDS]>,
+    pub(super) write_one_clears: Box<[u32; DWORDS]>,
     bars: [Option<(BarKind, u64)>; NUM_BARS],
     last_cap: Option<usize>,
     next_cap: usize,

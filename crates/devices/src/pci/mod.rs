@@ -11,12 +11,18 @@
 //! [`intx_gsi`]`(S, P)` = 16 + (S + P) mod 8, level-triggered and shared between slots; the
 //! ACPI `_PRT` says the same.
 //!
+//! Snapshot state: [`PciConfigurationState`] (a function's configuration space, BAR addresses
+//! included), [`MsixConfigState`] and [`PciRootState`] (the 0xCF8 address register and which
+//! slots hold which device). Restore the root after its devices: it reads back where their BARs
+//! are.
+//!
 //! Lock order: the root, then a device. A device locks its own interrupt state below that and
 //! never calls back into the root.
 
 mod config;
 mod msix;
 mod root;
+mod state;
 
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +38,7 @@ pub use root::{
     CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, ECAM_SIZE, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID,
     PciBusEntries, PciIrqs, PciRoot, PciRootConfig, PciSlot,
 };
+pub use state::{MsixConfigState, MsixVectorState, PciConfigurationState, PciRootState, PciSlotState};
 
 use crate::interrupt::IrqLine;
 use crate::legacy::IrqRouter;

@@ -29,7 +29,7 @@ pub const MSI_GSI_BASE: u32 = 24;
 pub const MSI_GSI_LAST: u32 = 4095;
 
 /// Vector control: masked.
-const VECTOR_MASKED: u32 = 1;
+pub(super) const VECTOR_MASKED: u32 = 1;
 
 /// Where a structure lives: a BAR and an offset in it (8-byte aligned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +82,10 @@ impl MsiAllocator {
 /// One function's MSI-X state.
 pub struct MsixConfig {
     /// Per vector: address low, address high, data, vector control.
-    table: Vec<[u32; 4]>,
-    pending: Vec<bool>,
-    enabled: bool,
-    function_masked: bool,
+    pub(super) table: Vec<[u32; 4]>,
+    pub(super) pending: Vec<bool>,
+    pub(super) enabled: bool,
+    pub(super) function_masked: bool,
     gsis: Vec<u32>,
     sink: Arc<dyn MsiSink>,
 }
@@ -235,7 +235,7 @@ impl MsixConfig {
         self.pending.fill(false);
     }
 
-    fn masked(&self, v: usize) -> bool {
+    pub(super) fn masked(&self, v: usize) -> bool {
         self.function_masked || self.table[v][3] & VECTOR_MASKED != 0
     }
 

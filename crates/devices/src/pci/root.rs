@@ -30,7 +30,7 @@ pub const HOST_BRIDGE_DEVICE_ID: u16 = 0x0d57;
 
 const CONFIG_ENABLE: u32 = 1 << 31;
 /// The bits of the address register that mean something: enable, bus, device, function, dword.
-const CONFIG_ADDRESS_MASK: u32 = CONFIG_ENABLE | 0x00ff_fffc;
+pub(super) const CONFIG_ADDRESS_MASK: u32 = CONFIG_ENABLE | 0x00ff_fffc;
 
 /// Where the root's ranges are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +89,8 @@ struct Mapped {
     index: usize,
 }
 
-struct Slot {
-    device: SharedPciDevice,
+pub(super) struct Slot {
+    pub(super) device: SharedPciDevice,
     bars: Vec<SizedBar>,
     mapped: Vec<Mapped>,
 }
@@ -98,7 +98,11 @@ struct Slot {
 /// Bus 0: the host bridge in slot 0 and up to 31 devices.
 pub struct PciRoot {
     config: PciRootConfig,
-    slots: Vec<Option<Slot>>,
+    /// The address register at port 0xCF8.
+    pub(super) config_address: u32,
+    /// The host bridge, also in slot 0.
+    pub(super) host_bridge: Arc<Mutex<HostBridge>>,
+    pub(super) slots: Vec<Option<Slot>>,
     reserved: [bool; SLOTS as usize],
     mmio: AddressAllocator,
     intx: Arc<dyn IntxRouter>,
@@ -114,8 +118,11 @@ impl PciRoot {
         };
         let mmio =
             AddressAllocator::new(config.mmio_base, config.mmio_size).map_err(|_| window_err)?;
+        let host_bridge = Arc::new(Mutex::new(HostBridge::new()));
         let mut root = Self {
             config,
+            config_address: 0,
+            host_bridge: host_bridge.clone(),
             slots: (0..SLOTS).map(|_| None).collect(),
             reserved: [false; SLOTS as usize],
             mmio,
@@ -124,7 +131,7 @@ impl PciRoot {
         };
         root.reserved[0] = true;
         root.slots[0] = Some(Slot {
-            device: Arc::new(Mutex::new(HostBridge::new())),
+            device: host_bridge,
             bars: Vec::new(),
             mapped: Vec::new(),
         });
@@ -225,10 +232,7 @@ impl PciRoot {
         let entry = |device: Arc<Mutex<dyn BusDevice>>, base, len| BusEntry { device, base, len };
         PciBusEntries {
             pio: vec![entry(
-                Arc::new(Mutex::new(ConfigPorts {
-                    root: root.clone(),
-                    address: 0,
-                })),
+                Arc::new(Mutex::new(ConfigPorts { root: root.clone() })),
                 CONFIG_ADDRESS_PORT,
                 CONFIG_PORTS_LEN,
             )],
@@ -258,7 +262,7 @@ impl PciRoot {
     }
 
     /// Reads back where `slot`'s device decodes its memory BARs.
-    fn refresh(&mut self, slot: usize) {
+    pub(super) fn refresh(&mut self, slot: usize) {
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
@@ -335,8 +339,8 @@ fn size_bars(dev: &mut dyn PciDevice) -> Vec<SizedBar> {
 }
 
 /// The host bridge at 00:00.0: a header and nothing else.
-struct HostBridge {
-    config: PciConfiguration,
+pub(super) struct HostBridge {
+    pub(super) config: PciConfiguration,
 }
 
 impl HostBridge {
@@ -368,19 +372,19 @@ impl PciDevice for HostBridge {
     fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
-/// Ports 0xCF8 (address, 32-bit accesses only) and 0xCFC-0xCFF (data).
+/// Ports 0xCF8 (address, 32-bit accesses only) and 0xCFC-0xCFF (data). The address register
+/// is the root's, so that it is saved with the root's state.
 struct ConfigPorts {
     root: Arc<Mutex<PciRoot>>,
-    address: u32,
 }
 
-impl ConfigPorts {
+impl PciRoot {
     /// The target of a data-port access at `port_offset` (4-7), if the address enables one.
-    fn target(&self, port_offset: u64) -> Option<(u8, u8, u8, u64)> {
-        if self.address & CONFIG_ENABLE == 0 {
+    fn config_target(&self, port_offset: u64) -> Option<(u8, u8, u8, u64)> {
+        if self.config_address & CONFIG_ENABLE == 0 {
             return None;
         }
-        let a = self.address;
+        let a = self.config_address;
         let register = u64::from(a & 0xfc) + (port_offset - 4);
         Some((
             (a >> 16) as u8,
@@ -393,29 +397,31 @@ impl ConfigPorts {
 
 impl BusDevice for ConfigPorts {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let root = lock(&self.root);
         if offset < 4 {
             if offset == 0 && data.len() == 4 {
-                data.copy_from_slice(&self.address.to_le_bytes());
+                data.copy_from_slice(&root.config_address.to_le_bytes());
             } else {
                 data.fill(0xff);
             }
             return;
         }
-        match self.target(offset) {
-            Some((bus, dev, func, reg)) => lock(&self.root).config_read(bus, dev, func, reg, data),
+        match root.config_target(offset) {
+            Some((bus, dev, func, reg)) => root.config_read(bus, dev, func, reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut root = lock(&self.root);
         if offset < 4 {
             if let (0, Ok(bytes)) = (offset, <[u8; 4]>::try_from(data)) {
-                self.address = u32::from_le_bytes(bytes) & CONFIG_ADDRESS_MASK;
+                root.config_address = u32::from_le_bytes(bytes) & CONFIG_ADDRESS_MASK;
             }
             return;
         }
-        if let Some((bus, dev, func, reg)) = self.target(offset) {
-            lock(&self.root).config_write(bus, dev, func, reg, data);
+        if let Some((bus, dev, func, reg)) = root.config_target(offset) {
+            root.config_write(bus, dev, func, reg, data);
         }
     }
 }

@@ -10,6 +10,13 @@
 //!
 //! Every descriptor chain a worker takes goes through [`chain`]'s validation first: a guest is
 //! hostile, and a bad chain earns a device error status, never a panic or a hang.
+//!
+//! Snapshots: the transport saves and restores everything the driver set up (see
+//! [`pci::VirtioPciState`]), asking the worker for its queue positions; a device adds its own
+//! state through [`VirtioDevice::save_state`]. Block, net and entropy devices have none: once
+//! the worker is idle no request is in flight (a frame the tap delivered that waits for receive
+//! buffers is dropped, as a NIC drops one). Vsock connections cannot outlive the process: a
+//! restored vsock device tells the guest to drop them.
 
 pub mod block;
 pub mod chain;
@@ -23,9 +30,11 @@ pub mod vsock;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::state::StateError;
 
 /// Device type IDs (virtio 1.x, section 5).
 pub mod device_type {
@@ -121,6 +130,20 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: the transport has already stopped its worker. The device
     /// returns to its state before activation.
     fn reset(&mut self) {}
+    /// The device's own state for a snapshot, beyond what the transport saves (features,
+    /// queues, interrupts). The transport calls it with the device's worker idle. The default,
+    /// for devices with none, is `null`.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores what [`VirtioDevice::save_state`] returned, before the transport activates the
+    /// device again (when it was active). The device checks `state` as untrusted input. The
+    /// default accepts only `null`.
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), StateError> {
+        crate::state::ensure_fits(state.is_null(), self.name(), || {
+            "device state saved for a device that has none".into()
+        })
+    }
 }
 
 /// Serves an active device's queues on the VMM's device thread.
@@ -138,4 +161,10 @@ pub trait VirtioWorker: Send {
     fn sources_changed(&mut self) -> bool {
         false
     }
+    /// The state of the worker's queues, in the activation's queue order, for a snapshot: the
+    /// positions it reached in each ring. The transport asks between two calls of
+    /// [`VirtioWorker::handle`], so a worker must not hold a chain across calls without
+    /// completing it or stepping back before it (`next_avail` must not skip a chain the driver
+    /// has not been given back).
+    fn queue_states(&self) -> Vec<QueueState>;
 }

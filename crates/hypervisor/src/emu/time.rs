@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use crate::EmuVmState;
+
 /// What the VM's time follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ClockMode {
     /// The host's monotonic clock: guest time passes while the guest waits.
     Host,
@@ -21,7 +23,7 @@ pub enum ClockMode {
 }
 
 /// The rate of the instruction clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstructionClock {
     /// Nanoseconds of guest time per retired instruction (at least 1).
     pub ns_per_instruction: u64,
@@ -51,6 +53,9 @@ pub struct EmuTime {
     origin: Instant,
     /// Guest nanoseconds under the instruction clock.
     virtual_ns: AtomicU64,
+    /// Under the host clock, added (wrapping) to the time since `origin`: a restored clock
+    /// continues from the snapshot's time.
+    host_offset_ns: AtomicU64,
     /// A lower bound of the earliest armed deadline (`u64::MAX`: none): checking it is one
     /// atomic load, so vCPUs can look often.
     earliest: AtomicU64,
@@ -75,6 +80,7 @@ impl EmuTime {
             mode,
             origin: Instant::now(),
             virtual_ns: AtomicU64::new(0),
+            host_offset_ns: AtomicU64::new(0),
             earliest: AtomicU64::new(u64::MAX),
             timers: Mutex::new(Vec::new()),
             active_vcpus: AtomicUsize::new(0),
@@ -112,9 +118,36 @@ impl EmuTime {
     /// Nanoseconds since the VM's start.
     pub fn now_ns(&self) -> u64 {
         match self.mode {
-            ClockMode::Host => self.origin.elapsed().as_nanos() as u64,
+            ClockMode::Host => (self.origin.elapsed().as_nanos() as u64)
+                .wrapping_add(self.host_offset_ns.load(Ordering::Acquire)),
             ClockMode::Instructions(_) => self.virtual_ns.load(Ordering::Acquire),
         }
+    }
+
+    /// The clock's position, for a snapshot.
+    pub(crate) fn snapshot(&self) -> EmuVmState {
+        EmuVmState {
+            mode: self.mode,
+            now_ns: self.now_ns(),
+            random_state: self.random_state.load(Ordering::Acquire),
+        }
+    }
+
+    /// Moves the clock to a snapshot's position: it reads `state.now_ns` now and runs on from
+    /// there, in its own mode. Timers keep their absolute deadlines.
+    pub(crate) fn restore(&self, state: &EmuVmState) {
+        match self.mode {
+            ClockMode::Host => {
+                let elapsed = self.origin.elapsed().as_nanos() as u64;
+                self.host_offset_ns
+                    .store(state.now_ns.wrapping_sub(elapsed), Ordering::Release);
+            }
+            ClockMode::Instructions(_) => {
+                self.virtual_ns.store(state.now_ns, Ordering::Release);
+            }
+        }
+        self.random_state
+            .store(state.random_state, Ordering::Release);
     }
 
     /// Guest nanoseconds for `n` retired instructions (0 under the host clock, where the host
@@ -317,6 +350,26 @@ mod tests {
         assert_eq!(time.now_ns(), 7_000_000);
         time.fire_due();
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_restored_clock_continues_from_the_snapshot() {
+        let old = EmuTime::new(ClockMode::Instructions(InstructionClock::default()));
+        old.advance(5_000);
+        let _ = old.random();
+        let state = old.snapshot();
+        assert_eq!(state.now_ns, 5_000);
+        let new = EmuTime::new(ClockMode::Instructions(InstructionClock::default()));
+        new.restore(&state);
+        assert_eq!(new.now_ns(), 5_000);
+        assert_eq!(new.random(), old.random());
+        let host = EmuTime::new(ClockMode::Host);
+        host.restore(&EmuVmState {
+            now_ns: 10_000_000_000,
+            ..state
+        });
+        let now = host.now_ns();
+        assert!((10_000_000_000..11_000_000_000).contains(&now), "{now}");
     }
 
     #[test]

@@ -20,9 +20,10 @@ use x86_cpu::{Cpu, StepExit};
 use super::bus::{EmuBus, GuestRam};
 use super::time::{ClockMode, EmuTime};
 use super::{LocalInterruptController, VcpuWaker, convert};
+use crate::snapshot::wrong_engine;
 use crate::{
-    CpuMode, CpuidEntry, EmulationFailure, FpuState, HypervisorError, MsrEntry, Result,
-    SpecialRegisters, StandardRegisters, Vcpu, VcpuKicker, VmExit, VmOps,
+    CpuMode, CpuidEntry, EmuVcpuState, EmulationFailure, FpuState, HypervisorError, MsrEntry,
+    Result, SpecialRegisters, StandardRegisters, Vcpu, VcpuKicker, VcpuSnapshot, VmExit, VmOps,
 };
 
 /// Most instructions executed between two looks at timers, kicks and the APIC.
@@ -474,6 +475,44 @@ impl Vcpu for EmuVcpu {
         Arc::new(EmuKicker {
             waker: self.waker.clone(),
         })
+    }
+
+    fn snapshot(&self) -> Result<VcpuSnapshot> {
+        Ok(VcpuSnapshot::Emu(EmuVcpuState {
+            cpu: self.cpu.state.clone(),
+            instructions: self.cpu.instructions,
+            cpuid: self.ctx.cpuid.clone(),
+            msrs: self
+                .ctx
+                .msrs
+                .iter()
+                .map(|(&index, &data)| MsrEntry { index, data })
+                .collect(),
+            pending_ext_int: self.ext_int,
+            interrupt_window_requested: self.window_requested,
+            synced_cr8: self.synced_cr8,
+            pending_eois: self.eois.iter().copied().collect(),
+        }))
+    }
+
+    fn restore(&mut self, snapshot: &VcpuSnapshot) -> Result<()> {
+        let s = match snapshot {
+            VcpuSnapshot::Emu(s) => s,
+            other => return Err(wrong_engine("vCPU", other.engine(), "emu")),
+        };
+        self.cpu.state = s.cpu.clone();
+        self.cpu.instructions = s.instructions;
+        self.cpu.flush_tlb();
+        self.ctx.cpuid = s.cpuid.clone();
+        self.ctx.msrs = s.msrs.iter().map(|m| (m.index, m.data)).collect();
+        self.ctx.apic_page = self.ctx.apic.mmio_base();
+        self.ext_int = s.pending_ext_int;
+        self.window_requested = s.interrupt_window_requested;
+        self.synced_cr8 = s.synced_cr8;
+        self.eois = s.pending_eois.iter().copied().collect();
+        // Look at the (restored) APIC before the first instruction.
+        self.apic_dirty = true;
+        Ok(())
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::{Arc, RwLock};
 
 use super::bus::GuestRam;
 use super::{EmuConfig, EmuVcpu, VcpuWaker};
-use crate::{MemoryRegion, Result, Vcpu, Vm, VmOps};
+use crate::snapshot::wrong_engine;
+use crate::{HypervisorError, MemoryRegion, Result, Vcpu, Vm, VmOps, VmSnapshot};
 
 /// A VM on the software CPU.
 pub struct EmuVm {
@@ -59,4 +60,34 @@ impl Vm for EmuVm {
         self.config.apics.deliver_msi(address, data);
         Ok(())
     }
+
+    fn snapshot(&self) -> Result<VmSnapshot> {
+        Ok(VmSnapshot::Emu(self.config.time.snapshot()))
+    }
+
+    fn restore(&self, snapshot: &VmSnapshot) -> Result<()> {
+        match snapshot {
+            VmSnapshot::Emu(state) => {
+                self.config.time.restore(state);
+                Ok(())
+            }
+            other => Err(wrong_engine("VM", other.engine(), "emu")),
+        }
+    }
+
+    fn start_dirty_log(&self) -> Result<()> {
+        Err(HypervisorError::Unsupported(DIRTY_LOG_NEEDS_KVM))
+    }
+
+    fn dirty_pages(&self) -> Result<Vec<(u64, Vec<u64>)>> {
+        Err(HypervisorError::Unsupported(DIRTY_LOG_NEEDS_KVM))
+    }
+
+    fn stop_dirty_log(&self) -> Result<()> {
+        Ok(())
+    }
 }
+
+/// Why the software CPU has no dirty-page log.
+const DIRTY_LOG_NEEDS_KVM: &str =
+    "the software CPU keeps no dirty-page log (it needs KVM): compare memory contents instead";

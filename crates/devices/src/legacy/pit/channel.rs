@@ -30,7 +30,7 @@ fn to_bcd(v: u64) -> u16 {
 
 /// Which byte the next data-port access reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RwState {
+pub(super) enum RwState {
     Lsb,
     Msb,
     /// Low byte of a low-then-high pair.
@@ -40,7 +40,7 @@ enum RwState {
 }
 
 impl RwState {
-    fn from_access(access: u8) -> Self {
+    pub(super) fn from_access(access: u8) -> Self {
         match access {
             1 => RwState::Lsb,
             2 => RwState::Msb,
@@ -53,30 +53,30 @@ impl RwState {
 #[derive(Debug, Clone)]
 pub(super) struct Channel {
     /// The mode bits as written (0-7).
-    mode_bits: u8,
+    pub(super) mode_bits: u8,
     /// Access mode: 1 = low byte, 2 = high byte, 3 = low then high.
-    access: u8,
-    bcd: bool,
+    pub(super) access: u8,
+    pub(super) bcd: bool,
     /// The count, 1..=modulus (a written 0 is the modulus).
-    count: u64,
-    read_state: RwState,
-    write_state: RwState,
-    write_latch: u8,
-    latched_count: Option<(u16, RwState)>,
-    latched_status: Option<u8>,
-    gate: bool,
+    pub(super) count: u64,
+    pub(super) read_state: RwState,
+    pub(super) write_state: RwState,
+    pub(super) write_latch: u8,
+    pub(super) latched_count: Option<(u16, RwState)>,
+    pub(super) latched_status: Option<u8>,
+    pub(super) gate: bool,
     /// A count was written since the last control word.
-    loaded: bool,
+    pub(super) loaded: bool,
     /// Modes 1 and 5: the gate has triggered counting.
-    triggered: bool,
+    pub(super) triggered: bool,
     /// The gate is low and stops counting (modes 0, 2, 3, 4).
-    paused: bool,
-    start_ns: u64,
+    pub(super) paused: bool,
+    pub(super) start_ns: u64,
     /// Ticks counted before `start_ns`.
-    base_ticks: u64,
-    null_count: bool,
+    pub(super) base_ticks: u64,
+    pub(super) null_count: bool,
     /// The tick count at which OUT rises next and IRQ 0 fires (channel 0).
-    next_irq: Option<u64>,
+    pub(super) next_irq: Option<u64>,
 }
 
 impl Channel {

@@ -15,12 +15,17 @@
 //! bit 0 of port 0x61, whose bit 5 reads channel 2's OUT exactly as the [`Clock`] says, which
 //! Linux relies on to calibrate the TSC. Bit 4 of port 0x61 (the DRAM refresh toggle) flips on
 //! every read.
+//!
+//! Its snapshot state is [`PitState`], with times relative to the clock: a restored channel
+//! continues counting from the count it had.
 
 use std::sync::{Arc, Mutex};
 
 mod channel;
+mod state;
 
 use channel::Channel;
+pub use state::{PitByte, PitChannelState, PitLatch, PitState};
 #[cfg(test)]
 use channel::ns_for_ticks;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use block::DiskImage;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{BlockStats, MAX_ZERO_SEGMENTS, SEG_MAX};
@@ -49,6 +49,10 @@ impl VirtioWorker for BlockWorker {
         // A failed read only means the counter was already 0: process the queue regardless.
         let _ = self.notify.read();
         self.process_queue();
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        vec![self.queue.state()]
     }
 }
 

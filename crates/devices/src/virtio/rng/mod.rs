@@ -4,7 +4,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain;
@@ -95,6 +95,10 @@ struct RngWorker {
 impl VirtioWorker for RngWorker {
     fn sources(&self) -> Vec<(RawFd, u64)> {
         vec![(self.notify.as_raw_fd(), 0)]
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        vec![self.queue.state()]
     }
 
     fn handle(&mut self, _token: u64) {

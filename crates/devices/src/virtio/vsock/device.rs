@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::worker::VsockWorker;
 use super::{QUEUE_SIZE, queue};
+use crate::state::{StateError, ensure_fits};
 use crate::virtio::{
     ActivateError, Activation, F_VERSION_1, VirtioDevice, VirtioWorker, device_type,
 };
@@ -80,6 +81,8 @@ pub struct Vsock {
     path: PathBuf,
     listener: Arc<UnixListener>,
     stats: Arc<VsockStats>,
+    /// Restored from a snapshot: the next worker tells the guest its connections are gone.
+    transport_reset: bool,
 }
 
 impl Vsock {
@@ -115,6 +118,7 @@ impl Vsock {
             path,
             listener: Arc::new(listener),
             stats: Arc::default(),
+            transport_reset: false,
         })
     }
 
@@ -180,6 +184,7 @@ impl VirtioDevice for Vsock {
             self.path.clone(),
             self.listener.clone(),
             self.stats.clone(),
+            std::mem::take(&mut self.transport_reset),
         )
         .map_err(|source| ActivateError::Host {
             device: "vsock",
@@ -187,5 +192,18 @@ impl VirtioDevice for Vsock {
             source,
         })?;
         Ok(Box::new(worker))
+    }
+
+    fn reset(&mut self) {
+        // A driver that resets the device starts without connections anyway.
+        self.transport_reset = false;
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), StateError> {
+        ensure_fits(state.is_null(), "vsock", || {
+            "device state saved for a device that has none".into()
+        })?;
+        self.transport_reset = true;
+        Ok(())
     }
 }

@@ -19,11 +19,15 @@
 //!
 //! A guest is hostile: a packet that breaks the protocol earns a reset of the connection it names
 //! and counts as an error; a malformed descriptor chain is returned unused and counts too.
+//!
+//! Connections do not survive a snapshot: a restored device sends the guest a transport reset
+//! (`state.rs`).
 
 mod connection;
 mod device;
 mod muxer;
 mod packet;
+mod state;
 mod worker;
 
 #[cfg(test)]

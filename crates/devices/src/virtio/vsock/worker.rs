@@ -1,8 +1,8 @@
 //! Serving the vsock queues on the device thread.
 //!
 //! The tx queue carries the guest's packets to the muxer; the rx queue takes the muxer's packets
-//! for the guest whenever the guest has given buffers; the event queue is kept but unused (its
-//! only event, a transport reset, follows a snapshot restore, which this device does not do).
+//! for the guest whenever the guest has given buffers; the event queue carries one event only,
+//! the transport reset that a worker started after a snapshot restore sends (see `state.rs`).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::VsockStats;
 use super::muxer::{Muxer, TOKEN_LISTENER, TOKEN_WRITABLE};
 use super::packet::{HEADER_LEN, Header};
+use super::state::EventSent;
 use super::{op, queue};
 use crate::virtio::chain::{self, Chain};
 use crate::virtio::{Activation, GuestMemory, VirtioInterrupt, VirtioWorker};
@@ -36,8 +37,8 @@ pub(super) struct VsockWorker {
     mem: GuestMemory,
     rx: Queue,
     tx: Queue,
-    /// Held so that the driver's buffers stay untouched; no event is ever sent.
-    _event: Queue,
+    /// Only a transport reset after a restore is ever sent on it.
+    event: Queue,
     rx_notify: EventFd,
     tx_notify: EventFd,
     event_notify: EventFd,
@@ -50,16 +51,21 @@ pub(super) struct VsockWorker {
     scratch: Vec<u8>,
     /// The sources as last reported, to tell when they change.
     last_sources: Vec<(RawFd, u64)>,
+    /// A transport reset waits for an event buffer.
+    reset_pending: bool,
 }
 
 impl VsockWorker {
-    /// A worker over the activation's three queues (the caller checked there are three).
+    /// A worker over the activation's three queues (the caller checked there are three). With
+    /// `transport_reset` (after a restore), it first tells the guest that every connection it
+    /// had is gone.
     pub fn new(
         a: Activation,
         cid: u64,
         path: PathBuf,
         listener: Arc<UnixListener>,
         stats: Arc<VsockStats>,
+        transport_reset: bool,
     ) -> std::io::Result<Self> {
         let mut queues = a.queues.into_iter();
         let (Some(rx), Some(tx), Some(event)) = (queues.next(), queues.next(), queues.next())
@@ -70,7 +76,7 @@ impl VsockWorker {
             mem: a.mem,
             rx: rx.queue,
             tx: tx.queue,
-            _event: event.queue,
+            event: event.queue,
             rx_notify: rx.notify,
             tx_notify: tx.notify,
             event_notify: event.notify,
@@ -80,9 +86,31 @@ impl VsockWorker {
             rx_broken: false,
             scratch: Vec::with_capacity(MAX_PAYLOAD),
             last_sources: Vec::new(),
+            reset_pending: transport_reset,
         };
+        w.send_transport_reset();
         w.last_sources = w.sources();
         Ok(w)
+    }
+
+    /// Sends a pending transport reset if the driver has given an event buffer.
+    fn send_transport_reset(&mut self) {
+        if !self.reset_pending {
+            return;
+        }
+        match super::state::send_transport_reset(&mut self.event, &self.mem) {
+            EventSent::Sent { notify } => {
+                self.reset_pending = false;
+                if notify {
+                    self.interrupt.signal_queue(queue::EVENT as u16);
+                }
+            }
+            EventSent::NoBuffer => {}
+            EventSent::Broken => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.reset_pending = false;
+            }
+        }
     }
 
     /// Whether the guest has rx buffers the device can use.
@@ -252,6 +280,7 @@ impl VirtioWorker for VsockWorker {
             }
             TOKEN_EVENT => {
                 let _ = self.event_notify.read();
+                self.send_transport_reset();
             }
             TOKEN_LISTENER => self.muxer.accept(),
             TOKEN_WRITABLE => self.muxer.flush_writable(),
@@ -267,5 +296,9 @@ impl VirtioWorker for VsockWorker {
         }
         self.last_sources = now;
         true
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        vec![self.rx.state(), self.tx.state(), self.event.state()]
     }
 }

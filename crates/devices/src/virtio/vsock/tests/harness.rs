@@ -21,17 +21,20 @@ use crate::virtio::{
     Activation, ActiveQueue, F_VERSION_1, GuestMemory, VirtioDevice, VirtioInterrupt, VirtioWorker,
 };
 
-pub(super) const GUEST_CID: u64 = 3;
-pub(super) const F_NEXT: u16 = 1;
-pub(super) const F_WRITE: u16 = 2;
+pub(crate) const GUEST_CID: u64 = 3;
+pub(crate) const F_NEXT: u16 = 1;
+pub(crate) const F_WRITE: u16 = 2;
 /// Payload room of the rx buffers the test driver gives (as Linux does).
-pub(super) const RX_BUF: u32 = 4096;
+pub(crate) const RX_BUF: u32 = 4096;
+/// Event buffers given at activation, and where the first one is (4 bytes each, 8 apart).
+pub(crate) const EVENT_BUFFERS: u64 = 4;
+pub(crate) const EVENT_BUF: u64 = 0x3_4000;
 
 /// A scratch directory, removed at the end of the test.
-pub(super) struct TempDir(pub(super) PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("popek-vsock-{}-{n}", std::process::id()));
@@ -49,7 +52,7 @@ impl Drop for TempDir {
 
 /// Counts interrupts per queue.
 #[derive(Default)]
-pub(super) struct Irq(pub(super) [AtomicU64; 3]);
+pub(crate) struct Irq(pub(crate) [AtomicU64; 3]);
 
 impl VirtioInterrupt for Irq {
     fn signal_queue(&self, queue: u16) {
@@ -59,15 +62,15 @@ impl VirtioInterrupt for Irq {
 }
 
 /// The driver's side of one split queue: descriptor table, then avail and used rings, at `base`.
-pub(super) struct DriverQueue {
-    pub(super) base: u64,
-    pub(super) next_desc: u16,
-    pub(super) avail_idx: u16,
-    pub(super) used_idx: u16,
+pub(crate) struct DriverQueue {
+    pub(crate) base: u64,
+    pub(crate) next_desc: u16,
+    pub(crate) avail_idx: u16,
+    pub(crate) used_idx: u16,
 }
 
 impl DriverQueue {
-    pub(super) fn new(base: u64) -> Self {
+    pub(crate) fn new(base: u64) -> Self {
         Self {
             base,
             next_desc: 0,
@@ -76,15 +79,15 @@ impl DriverQueue {
         }
     }
 
-    pub(super) fn avail(&self) -> u64 {
+    pub(crate) fn avail(&self) -> u64 {
         self.base + 0x1000
     }
 
-    pub(super) fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.base + 0x2000
     }
 
-    pub(super) fn queue(&self) -> Queue {
+    pub(crate) fn queue(&self) -> Queue {
         let mut q = Queue::new(QUEUE_SIZE).unwrap();
         q.set_size(QUEUE_SIZE);
         let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
@@ -99,13 +102,13 @@ impl DriverQueue {
     }
 
     /// Writes descriptor `i`.
-    pub(super) fn put_desc(&self, mem: &GuestMemory, i: u16, d: Descriptor) {
+    pub(crate) fn put_desc(&self, mem: &GuestMemory, i: u16, d: Descriptor) {
         mem.write_obj(d, GuestAddress(self.base + u64::from(i) * 16))
             .unwrap();
     }
 
     /// Makes the chain at `head` available.
-    pub(super) fn publish(&mut self, mem: &GuestMemory, head: u16) {
+    pub(crate) fn publish(&mut self, mem: &GuestMemory, head: u16) {
         let slot = self.avail() + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -114,7 +117,7 @@ impl DriverQueue {
     }
 
     /// Adds a chain of (address, length, device-writable) buffers; returns its head.
-    pub(super) fn add(&mut self, mem: &GuestMemory, bufs: &[(u64, u32, bool)]) -> u16 {
+    pub(crate) fn add(&mut self, mem: &GuestMemory, bufs: &[(u64, u32, bool)]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let idx = (head + i as u16) % QUEUE_SIZE;
@@ -131,7 +134,7 @@ impl DriverQueue {
     }
 
     /// The used elements (head, length) added since the last call.
-    pub(super) fn take_used(&mut self, mem: &GuestMemory) -> Vec<(u16, u32)> {
+    pub(crate) fn take_used(&mut self, mem: &GuestMemory) -> Vec<(u16, u32)> {
         let idx: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
         let mut out = Vec::new();
         while self.used_idx != idx {
@@ -146,22 +149,26 @@ impl DriverQueue {
 }
 
 /// A vsock device, its worker, and a test driver for its queues.
-pub(super) struct Harness {
+pub(crate) struct Harness {
     /// Holds the socket files until the test ends.
-    pub(super) _dir: TempDir,
-    pub(super) dev: Vsock,
-    pub(super) mem: GuestMemory,
-    pub(super) worker: Box<dyn VirtioWorker>,
-    pub(super) rxq: DriverQueue,
-    pub(super) txq: DriverQueue,
-    pub(super) kicks: Vec<EventFd>,
-    pub(super) irq: Arc<Irq>,
+    pub(crate) _dir: TempDir,
+    pub(crate) dev: Vsock,
+    pub(crate) mem: GuestMemory,
+    pub(crate) worker: Box<dyn VirtioWorker>,
+    pub(crate) rxq: DriverQueue,
+    pub(crate) txq: DriverQueue,
+    /// The event queue, with `event_buffers` buffers given at each activation.
+    pub(crate) evq: DriverQueue,
+    /// Event buffers to give at activation: [`EVENT_BUFFERS`], as Linux fills the queue.
+    pub(crate) event_buffers: u64,
+    pub(crate) kicks: Vec<EventFd>,
+    pub(crate) irq: Arc<Irq>,
     /// Guest address of each outstanding rx buffer, by head.
-    pub(super) rx_bufs: HashMap<u16, u64>,
+    pub(crate) rx_bufs: HashMap<u16, u64>,
 }
 
 impl Harness {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = TempDir::new();
         let dev = Vsock::new(GUEST_CID, dir.0.join("v.sock")).unwrap();
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
@@ -172,6 +179,8 @@ impl Harness {
             worker: Box::new(NoWorker),
             rxq: DriverQueue::new(0),
             txq: DriverQueue::new(0),
+            evq: DriverQueue::new(0),
+            event_buffers: EVENT_BUFFERS,
             kicks: Vec::new(),
             irq: Arc::default(),
             rx_bufs: HashMap::new(),
@@ -181,7 +190,7 @@ impl Harness {
     }
 
     /// (Re)activates the device on fresh queues, as after a driver reset.
-    pub(super) fn activate(&mut self) {
+    pub(crate) fn activate(&mut self) {
         self.worker = Box::new(NoWorker);
         // A driver re-initialises its rings after a reset.
         self.mem
@@ -189,11 +198,14 @@ impl Harness {
             .unwrap();
         self.rxq = DriverQueue::new(0x10000);
         self.txq = DriverQueue::new(0x20000);
-        let evq = DriverQueue::new(0x30000);
+        self.evq = DriverQueue::new(0x30000);
+        for i in 0..self.event_buffers {
+            self.evq.add(&self.mem, &[(EVENT_BUF + 8 * i, 4, true)]);
+        }
         self.rx_bufs.clear();
         self.kicks.clear();
         let mut queues = Vec::new();
-        for q in [&self.rxq, &self.txq, &evq] {
+        for q in [&self.rxq, &self.txq, &self.evq] {
             let notify = EventFd::new(EFD_NONBLOCK).unwrap();
             self.kicks.push(notify.try_clone().unwrap());
             queues.push(ActiveQueue {
@@ -210,21 +222,21 @@ impl Harness {
         self.worker = self.dev.activate(a).unwrap();
     }
 
-    pub(super) fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dev.path().to_path_buf()
     }
 
-    pub(super) fn stats(&self) -> Arc<VsockStats> {
+    pub(crate) fn stats(&self) -> Arc<VsockStats> {
         self.dev.stats()
     }
 
-    pub(super) fn errors(&self) -> u64 {
+    pub(crate) fn errors(&self) -> u64 {
         self.stats().errors.load(Ordering::Relaxed)
     }
 
     /// Runs the worker the way the device thread does, until no source is readable. Panics if
     /// that never happens: a source that stays readable would make the real thread spin.
-    pub(super) fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         for _ in 0..64 {
             let epoll = Epoll::new().unwrap();
             for (fd, token) in self.worker.sources() {
@@ -249,13 +261,13 @@ impl Harness {
         panic!("the worker's sources stay readable");
     }
 
-    pub(super) fn kick(&mut self, queue: usize) {
+    pub(crate) fn kick(&mut self, queue: usize) {
         self.kicks[queue].write(1).unwrap();
         self.settle();
     }
 
     /// The guest sends a packet (header and payload in separate buffers, as Linux does).
-    pub(super) fn send(&mut self, hdr: Header, payload: &[u8]) {
+    pub(crate) fn send(&mut self, hdr: Header, payload: &[u8]) {
         let i = u64::from(self.txq.next_desc);
         let (ha, pa) = (0x40_0000 + i * 0x100, 0x80_0000 + i * 0x1_0000);
         self.mem
@@ -271,14 +283,14 @@ impl Harness {
     }
 
     /// The guest sends an RW packet.
-    pub(super) fn send_data(&mut self, src_port: u32, dst_port: u32, data: &[u8]) {
+    pub(crate) fn send_data(&mut self, src_port: u32, dst_port: u32, data: &[u8]) {
         let mut h = guest_hdr(op::RW, src_port, dst_port);
         h.len = data.len() as u32;
         self.send(h, data);
     }
 
     /// The guest gives `n` rx buffers.
-    pub(super) fn give_rx(&mut self, n: usize) {
+    pub(crate) fn give_rx(&mut self, n: usize) {
         for _ in 0..n {
             let i = u64::from(self.rxq.next_desc);
             let addr = 0x180_0000 + i * 0x2000;
@@ -291,7 +303,7 @@ impl Harness {
     }
 
     /// The packets the device put in the rx queue since the last call.
-    pub(super) fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
+    pub(crate) fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
         let used = self.rxq.take_used(&self.mem);
         used.into_iter()
             .map(|(head, len)| {
@@ -314,7 +326,7 @@ impl Harness {
     }
 
     /// Exactly one packet arrived; returns it.
-    pub(super) fn recv_one(&mut self) -> (Header, Vec<u8>) {
+    pub(crate) fn recv_one(&mut self) -> (Header, Vec<u8>) {
         let mut p = self.recv();
         assert_eq!(p.len(), 1, "expected one packet, got {p:?}");
         p.remove(0)
@@ -322,7 +334,7 @@ impl Harness {
 
     /// The guest connects from `guest_port` to host port `port`, where a test listener waits.
     /// Returns the host end.
-    pub(super) fn guest_connect(&mut self, guest_port: u32, port: u32) -> UnixStream {
+    pub(crate) fn guest_connect(&mut self, guest_port: u32, port: u32) -> UnixStream {
         let l = UnixListener::bind(port_path(&self.path(), port)).unwrap();
         self.send(guest_hdr(op::REQUEST, guest_port, port), &[]);
         let (h, _) = self.recv_one();
@@ -334,7 +346,7 @@ impl Harness {
 
     /// A host client connects to guest port `port`; the guest accepts. Returns the client and
     /// the host port the device chose.
-    pub(super) fn host_connect(&mut self, port: u32) -> (UnixStream, u32) {
+    pub(crate) fn host_connect(&mut self, port: u32) -> (UnixStream, u32) {
         let mut c = UnixStream::connect(self.path()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         c.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
@@ -348,17 +360,20 @@ impl Harness {
 }
 
 /// Stands in while a worker is replaced.
-pub(super) struct NoWorker;
+pub(crate) struct NoWorker;
 
 impl VirtioWorker for NoWorker {
     fn sources(&self) -> Vec<(std::os::fd::RawFd, u64)> {
         Vec::new()
     }
     fn handle(&mut self, _token: u64) {}
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        Vec::new()
+    }
 }
 
 /// A header from the guest with 64 KiB of credit.
-pub(super) fn guest_hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
+pub(crate) fn guest_hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
     Header {
         src_cid: GUEST_CID,
         dst_cid: HOST_CID,
@@ -371,11 +386,11 @@ pub(super) fn guest_hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
     }
 }
 
-pub(super) fn port_path(path: &Path, port: u32) -> PathBuf {
+pub(crate) fn port_path(path: &Path, port: u32) -> PathBuf {
     PathBuf::from(format!("{}_{port}", path.display()))
 }
 
-pub(super) fn read_line(s: &mut UnixStream) -> String {
+pub(crate) fn read_line(s: &mut UnixStream) -> String {
     let mut line = Vec::new();
     let mut b = [0u8];
     while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
@@ -385,7 +400,7 @@ pub(super) fn read_line(s: &mut UnixStream) -> String {
 }
 
 /// Whether `s` has nothing to read right now (and is not at end of file).
-pub(super) fn nothing_to_read(s: &UnixStream) -> bool {
+pub(crate) fn nothing_to_read(s: &UnixStream) -> bool {
     s.set_nonblocking(true).unwrap();
     let r = (&*s).read(&mut [0u8; 16]);
     s.set_nonblocking(false).unwrap();

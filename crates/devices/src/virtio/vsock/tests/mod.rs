@@ -1,6 +1,6 @@
 //! The vsock worker driven directly, as a driver would, with real Unix sockets on the host side.
 
-mod harness;
+pub(super) mod harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -15,12 +15,18 @@
 //! `SLP_TYP = `[`S5_SLP_TYP`] in the DSDT, and the SCI on ISA IRQ [`SCI_IRQ`], level-triggered,
 //! active high (an interrupt source override in the MADT). There is no PM timer.
 //! Sleep states other than S5 are ignored: the guest simply continues.
+//!
+//! Its snapshot state is [`AcpiPmState`].
 
 use std::sync::Arc;
 
 use super::{read_bytes, write_bytes};
 use crate::bus::BusDevice;
 use crate::interrupt::{IrqLine, VmControl, VmRequest};
+
+mod state;
+
+pub use state::AcpiPmState;
 
 /// The conventional base port.
 pub const ACPI_PM_BASE: u64 = 0x600;

@@ -10,9 +10,15 @@
 //! Register A's update-in-progress bit reads 1 once, on the first read after the wall clock's
 //! second changed, so that both "wait while UIP" and "wait for UIP to rise and fall" loops end
 //! within a second. The RTC raises no interrupts: register C always reads 0.
+//!
+//! Its snapshot state is [`CmosState`]: the RAM and the guest's offset from the wall clock.
 
 use super::{read_bytes, write_bytes};
 use crate::bus::BusDevice;
+
+mod state;
+
+pub use state::CmosState;
 
 /// The index port; the data port follows it.
 pub const CMOS_PORT: u64 = 0x70;

@@ -13,12 +13,18 @@
 //! rises, and answers the CPU's interrupt acknowledge with [`Pic::acknowledge`]. INTR may stay
 //! high after an acknowledge (another interrupt pending): the VMM checks
 //! [`Pic::has_interrupt`] again then rather than waiting for another raise.
+//!
+//! Its snapshot state is [`PicState`].
 
 use std::sync::{Arc, Mutex};
 
 use super::{BusEntry, lock, read_bytes, write_bytes};
 use crate::bus::BusDevice;
 use crate::interrupt::ExtIntSink;
+
+mod state;
+
+pub use state::{PicChipState, PicState};
 
 /// Ports of the master.
 pub const MASTER_PORT: u64 = 0x20;

@@ -13,11 +13,17 @@
 //! delivers again if the line is still asserted. Each EOI delivers at most once per pin and
 //! the controller never calls itself back, so a line that stays asserted gives one interrupt
 //! per EOI rather than a storm.
+//!
+//! Its snapshot state is [`IoapicState`].
 
 use std::sync::Arc;
 
 use crate::bus::BusDevice;
 use crate::interrupt::{MsiMessage, MsiSink};
+
+mod state;
+
+pub use state::IoapicState;
 
 /// The conventional MMIO base.
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;

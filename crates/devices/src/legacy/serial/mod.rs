@@ -5,11 +5,14 @@
 //! UART's 64-byte receive FIFO waits in a bounded buffer and moves into the FIFO whenever the
 //! guest has drained it; input beyond that buffer is dropped, as a real UART drops bytes it
 //! has no room for.
+//!
+//! Its snapshot state is [`SerialState`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_superio::Trigger;
 use vm_superio::serial::NoEvents;
@@ -17,6 +20,10 @@ use vm_superio::serial::NoEvents;
 use super::{read_bytes, write_bytes};
 use crate::bus::BusDevice;
 use crate::interrupt::IrqLine;
+
+mod state;
+
+pub use state::SerialState;
 
 /// The I/O port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -31,13 +38,29 @@ pub const INPUT_BUFFER_LIMIT: usize = 4096;
 const RBR: u64 = 0;
 
 /// vm-superio's interrupt trigger: an edge on the UART's IRQ line.
-struct IrqTrigger(Arc<dyn IrqLine>);
+struct IrqTrigger {
+    line: Arc<dyn IrqLine>,
+    /// Set while a restored UART is built: vm-superio raises the interrupts the state has
+    /// pending, which the restored interrupt controllers already hold.
+    muted: AtomicBool,
+}
+
+impl IrqTrigger {
+    fn new(line: Arc<dyn IrqLine>) -> Self {
+        Self {
+            line,
+            muted: AtomicBool::new(false),
+        }
+    }
+}
 
 impl Trigger for IrqTrigger {
     type E = Infallible;
 
     fn trigger(&self) -> Result<(), Infallible> {
-        self.0.pulse();
+        if !self.muted.load(Ordering::Relaxed) {
+            self.line.pulse();
+        }
         Ok(())
     }
 }
@@ -52,7 +75,7 @@ pub struct Serial {
 impl Serial {
     /// A UART raising `irq` (edges) and writing what the guest transmits to `out`.
     pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn Write + Send>) -> Self {
-        let uart = vm_superio::Serial::new(IrqTrigger(irq), out);
+        let uart = vm_superio::Serial::new(IrqTrigger::new(irq), out);
         let fifo_size = uart.fifo_capacity();
         Self {
             uart,
