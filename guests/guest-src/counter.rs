@@ -4,16 +4,20 @@
 //! prints `counter: count=<count> ticks=<ticks>`. With `disk=1` each such line is also written,
 //! zero-padded, to sector (line index mod capacity) of the first virtio-blk device, followed by
 //! a FLUSH, and `counter: wrote sector <n>` is printed. With `limit=N` it exits 0 after N lines.
+//! With `touch=M` it first dirties M MiB of RAM from 16 MiB up with a per-page pattern, and with
+//! `verify=1` it re-checks four of those pages before every `count=` line, so a restored clone
+//! shows that its memory came back intact.
 //! See guests/README.md for the command line and every output line.
 
 #![no_std]
 #![no_main]
 
+use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use rt::deadline::{self, Deadline};
 use rt::pci;
-use rt::serial::write_bytes;
+use rt::serial::{Hex, write_bytes};
 use rt::virtio::{self as vio, Buffer, Device, NO_VECTOR, Queue, dma_alloc, dma_slice};
 use rt::{apic, idt, say};
 
@@ -91,14 +95,123 @@ struct Options {
     /// 0: no limit.
     limit: u64,
     disk: bool,
+    /// MiB to dirty; 0: none.
+    touch: u64,
+    touch_fill: bool,
+    verify: bool,
 }
 
 fn options(cmdline: &'static [u8]) -> Result<Options, u8> {
-    Ok(Options {
+    let opts = Options {
         every: numeric(cmdline, "every=", 10, 1..=u64::from(u32::MAX))?,
         limit: numeric(cmdline, "limit=", 0, 0..=u64::MAX)?,
         disk: numeric(cmdline, "disk=", 0, 0..=1)? == 1,
-    })
+        touch: numeric(cmdline, "touch=", 0, 0..=1 << 20)?,
+        touch_fill: numeric(cmdline, "touch_fill=", 0, 0..=1)? == 1,
+        verify: numeric(cmdline, "verify=", 0, 0..=1)? == 1,
+    };
+    if (opts.verify || opts.touch_fill) && opts.touch == 0 {
+        say!("counter: verify= and touch_fill= need touch=");
+        return Err(USAGE);
+    }
+    Ok(opts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Touched memory: M MiB from 16 MiB up, one 8-byte word per 4 KiB page (or the whole page).
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+/// Where the touched range starts: well above the image (which ends around 4 MiB).
+const TOUCH_START: u64 = 16 * MIB;
+/// Where the runtime's cached identity map ends (the top 32 MiB below 4 GiB are uncached MMIO).
+const MAPPED_END: u64 = 0xfe00_0000;
+/// XORed with a page's address to give its word: never 0 (the address is below 4 GiB).
+const PATTERN: u64 = 0x636f_756e_7465_7200;
+/// Pages checked per line with `verify=1`.
+const VERIFY_PAGES: u64 = 4;
+
+/// The word every 8-byte slot of page `page` holds (only offset 0 without `touch_fill=1`).
+fn pattern(page: u64) -> u64 {
+    page ^ PATTERN
+}
+
+/// Whether `start..end` is covered by e820 RAM (entries may be adjacent).
+fn is_ram(e820: &[rt::E820Entry], start: u64, end: u64) -> bool {
+    let mut at = start;
+    while at < end {
+        let Some(e) = e820
+            .iter()
+            .find(|e| e.kind == rt::E820_RAM && e.addr <= at && at < e.addr.saturating_add(e.size))
+        else {
+            return false;
+        };
+        at = e.addr.saturating_add(e.size);
+    }
+    true
+}
+
+struct Touched {
+    start: u64,
+    pages: u64,
+    fill: bool,
+}
+
+impl Touched {
+    /// Dirties `mib` MiB from [`TOUCH_START`]; Err (after a message) if RAM is too small.
+    fn touch(e820: &[rt::E820Entry], mib: u64, fill: bool) -> Result<Touched, u8> {
+        let start = TOUCH_START;
+        let end = start + mib * MIB;
+        if end > MAPPED_END || !is_ram(e820, start, end) {
+            say!("counter: touch=", mib, " exceeds RAM");
+            return Err(USAGE);
+        }
+        let mut page = start;
+        if fill {
+            while page < end {
+                // SAFETY: e820 RAM that nothing else uses, identity-mapped; DF is clear.
+                unsafe {
+                    core::arch::asm!(
+                        "rep stosq",
+                        inout("rcx") PAGE / 8 => _,
+                        inout("rdi") page => _,
+                        in("rax") pattern(page),
+                        options(nostack, preserves_flags),
+                    );
+                }
+                page += PAGE;
+            }
+        } else {
+            while page < end {
+                // SAFETY: as above.
+                unsafe { write_volatile(page as *mut u64, pattern(page)) };
+                page += PAGE;
+            }
+        }
+        Ok(Touched {
+            start,
+            pages: mib * (MIB / PAGE),
+            fill,
+        })
+    }
+
+    /// Re-reads [`VERIFY_PAGES`] pages, one in each quarter of the range, at an offset into the
+    /// quarter that moves with `round`; the address of the first word that differs.
+    fn check(&self, round: u64) -> Option<u64> {
+        let quarter = self.pages / VERIFY_PAGES;
+        let offset = round.wrapping_mul(97) % quarter;
+        for k in 0..VERIFY_PAGES {
+            let page = self.start + (k * quarter + offset) * PAGE;
+            let last = if self.fill { page + PAGE - 8 } else { page };
+            for word in [page, last] {
+                // SAFETY: inside the touched range.
+                if unsafe { read_volatile(word as *const u64) } != pattern(page) {
+                    return Some(word);
+                }
+            }
+        }
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,6 +414,18 @@ fn main(boot: &rt::BootInfo) -> u8 {
     };
     say!("counter: start every=", opts.every);
 
+    let touched = if opts.touch > 0 {
+        match Touched::touch(boot.e820, opts.touch, opts.touch_fill) {
+            Ok(t) => {
+                say!("counter: touched ", opts.touch, " MiB");
+                Some(t)
+            }
+            Err(status) => return status,
+        }
+    } else {
+        None
+    };
+
     idt::init();
     idt::set_handler(TIMER_VECTOR, timer_tick, 0);
     idt::set_handler(SPURIOUS_VECTOR, spurious, 0);
@@ -336,6 +461,12 @@ fn main(boot: &rt::BootInfo) -> u8 {
         // The next line once `ticks` reaches the following multiple of `every` (one line per
         // crossing, even if ticks jumped over several).
         next = (ticks / opts.every + 1) * opts.every;
+        if opts.verify {
+            if let Some(addr) = touched.as_ref().and_then(|t| t.check(lines)) {
+                say!("counter: memory mismatch at ", Hex(addr));
+                return FAILED;
+            }
+        }
         let mut line = Line::new();
         line.text("counter: count=")
             .decimal(count)

@@ -90,8 +90,10 @@ mod tests {
     fn errors_name_the_device_and_the_value() {
         let e = ensure(false, "pit", || "count 0 out of range".into()).unwrap_err();
         assert_eq!(e.to_string(), "pit state: count 0 out of range");
-        let e = ensure_fits(false, "virtio block", || "3 queues, the device has 1".into())
-            .unwrap_err();
+        let e = ensure_fits(false, "virtio block", || {
+            "3 queues, the device has 1".into()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("restore with the configuration"));
         assert!(ensure(true, "pit", || unreachable!()).is_ok());
     }

@@ -37,8 +37,10 @@ use block::{Format, OpenOptions};
 /// Snapshots and rollback of a stopped VM's disk image.
 #[derive(clap::Subcommand)]
 pub enum DiskCommand {
-    /// Freeze DISK's current content as snapshot NAME: DISK is renamed DISK.snap-NAME and a new
-    /// qcow2 overlay on it takes DISK's place. The VM must be stopped.
+    /// Freeze DISK's current content as snapshot NAME.
+    ///
+    /// DISK is renamed DISK.snap-NAME (and made read-only) and a new qcow2 overlay on it takes
+    /// DISK's place. The VM must be stopped.
     Snapshot {
         /// The disk image (raw or qcow2) a VM is started with.
         disk: PathBuf,
@@ -49,20 +51,23 @@ pub enum DiskCommand {
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
     },
-    /// Discard everything written to DISK since snapshot NAME: DISK becomes a fresh overlay on
-    /// DISK.snap-NAME. The VM must be stopped.
+    /// Discard everything written to DISK since snapshot NAME.
+    ///
+    /// DISK becomes a fresh overlay on DISK.snap-NAME. Snapshots newer than NAME are deleted,
+    /// with --force only. The VM must be stopped.
     Rollback {
         /// The disk image, an overlay whose chain reaches DISK.snap-NAME.
         disk: PathBuf,
         /// The snapshot to go back to.
         name: String,
-        /// Also delete the snapshots newer than NAME (they are in the way); without it, their
-        /// existence is refused.
+        /// Delete the snapshots newer than NAME, if any (refused without).
         #[arg(long)]
         force: bool,
     },
-    /// Show DISK's chain, from DISK down to its base: each file's snapshot name, format,
-    /// virtual size, space on the host and modification time.
+    /// Show DISK's snapshots: its chain from DISK down to its base.
+    ///
+    /// Each file with its snapshot name, format, virtual size, space on the host and
+    /// modification time.
     List {
         /// The disk image.
         disk: PathBuf,

@@ -51,12 +51,22 @@ impl VcpuCounters {
     }
 }
 
-/// Stops and restarts every vCPU of a VM: pause waits until each has parked.
+/// Stops and restarts every vCPU of a VM: pause waits until each has parked. Parked vCPUs
+/// also answer requests for their state (snapshots), on their own threads.
 #[derive(Default)]
 pub struct PauseGate {
     paused: Mutex<bool>,
     changed: Condvar,
     parked: AtomicUsize,
+    snapshots: Mutex<SnapshotRequest>,
+    answered: Condvar,
+}
+
+/// The current request for vCPU states and the answers so far.
+#[derive(Default)]
+struct SnapshotRequest {
+    generation: u64,
+    answers: std::collections::BTreeMap<u32, Result<hypervisor::VcpuSnapshot, String>>,
 }
 
 impl PauseGate {
@@ -88,17 +98,68 @@ impl PauseGate {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread: parks while paused (or until `stop` is set).
-    fn park_while_paused(&self, stop: &AtomicBool) {
+    /// Asks every parked vCPU for its state; waits for `n` answers, in vCPU order.
+    pub fn snapshot_vcpus(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<hypervisor::VcpuSnapshot>, String> {
+        let mut req = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        req.generation += 1;
+        req.answers.clear();
+        self.changed.notify_all();
+        let until = Instant::now() + timeout;
+        while req.answers.len() < n {
+            let left = until
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| "the vCPUs did not answer in time".to_string())?;
+            req = self
+                .answered
+                .wait_timeout(req, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        std::mem::take(&mut req.answers)
+            .into_values()
+            .map(|r| r.map_err(|e| format!("vCPU state: {e}")))
+            .collect()
+    }
+
+    /// Called by a vCPU thread: parks while paused (or until `stop` is set), answering
+    /// requests for its state meanwhile.
+    fn park_while_paused(&self, stop: &AtomicBool, id: u32, vcpu: &mut dyn Vcpu) {
         let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
         if !*paused {
             return;
         }
+        let mut answered = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation;
         self.parked.fetch_add(1, Ordering::SeqCst);
         while *paused && !stop.load(Ordering::SeqCst) {
+            let generation = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .generation;
+            if generation != answered {
+                drop(paused);
+                let state = vcpu.snapshot().map_err(|e| e.to_string());
+                let mut req = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+                if req.generation == generation {
+                    req.answers.insert(id, state);
+                }
+                answered = generation;
+                self.answered.notify_all();
+                drop(req);
+                paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             paused = self
                 .changed
-                .wait_timeout(paused, Duration::from_millis(100))
+                .wait_timeout(paused, Duration::from_millis(20))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -219,7 +280,8 @@ impl VcpuRunner {
             self.counters
                 .vmm_nanos
                 .fetch_add(left_engine.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.gate.park_while_paused(&self.stop);
+            self.gate
+                .park_while_paused(&self.stop, self.id, self.vcpu.as_mut());
             let exit = self.vcpu.run();
             left_engine = Instant::now();
             self.counters.count(&exit);

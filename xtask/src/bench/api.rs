@@ -260,7 +260,9 @@ fn load(socket: &Path, clients: usize) -> anyhow::Result<Load> {
     let mut latencies = Vec::new();
     let mut busy = 0;
     for t in threads {
-        let (l, b) = t.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        let (l, b) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??;
         latencies.extend(l);
         busy += b;
     }
@@ -289,7 +291,12 @@ struct RateResult {
 fn rate(bin: &Path, scratch: &Scratch) -> anyhow::Result<RateResult> {
     let socket = scratch.path("vmm.sock");
     let serial = scratch.path("vmm-serial.txt");
-    let mut vmm = Running::spawn(Command::new(bin).arg("vmm").arg("--api-socket").arg(&socket))?;
+    let mut vmm = Running::spawn(
+        Command::new(bin)
+            .arg("vmm")
+            .arg("--api-socket")
+            .arg(&socket),
+    )?;
     wait_for_socket(&mut vmm, "popek vmm", &socket)?;
     let client = Client::new(&socket);
     let config = serde_json::json!({
@@ -619,16 +626,16 @@ pub fn run() -> anyhow::Result<()> {
         RSS_DELAY.as_secs()
     );
     println!(
-        "  without API                        {:8.2} MiB",
+        "  without API                          {:8.2} MiB",
         mib(rss.plain_kib)
     );
     println!(
-        "  --api-socket                       {:8.2} MiB  (+{:.2} MiB)",
+        "  --api-socket                         {:8.2} MiB  (+{:.2} MiB)",
         mib(rss.api_kib),
         mib(rss.api_kib) - mib(rss.plain_kib)
     );
     println!(
-        "  --api-socket, {RSS_REQUESTS} GET /vm served     {:8.2} MiB  (+{:.2} MiB)",
+        "  --api-socket, {RSS_REQUESTS} GET /vm served  {:8.2} MiB  (+{:.2} MiB)",
         mib(rss.api_after_kib),
         mib(rss.api_after_kib) - mib(rss.plain_kib)
     );
@@ -687,9 +694,24 @@ pub fn run() -> anyhow::Result<()> {
     for l in &rate.loads {
         let c = l.clients;
         figure("api", &format!("get_vm_c{c}_rps"), l.rps(), "req/s");
-        figure("api", &format!("get_vm_c{c}_p50"), us(l.percentile(50)), "us");
-        figure("api", &format!("get_vm_c{c}_p99"), us(l.percentile(99)), "us");
-        figure("api", &format!("get_vm_c{c}_busy"), l.busy as f64, "replies");
+        figure(
+            "api",
+            &format!("get_vm_c{c}_p50"),
+            us(l.percentile(50)),
+            "us",
+        );
+        figure(
+            "api",
+            &format!("get_vm_c{c}_p99"),
+            us(l.percentile(99)),
+            "us",
+        );
+        figure(
+            "api",
+            &format!("get_vm_c{c}_busy"),
+            l.busy as f64,
+            "replies",
+        );
     }
     figure("api", "rss_plain", mib(rss.plain_kib), "MiB");
     figure("api", "rss_api", mib(rss.api_kib), "MiB");
@@ -699,7 +721,12 @@ pub fn run() -> anyhow::Result<()> {
         mib(rss.api_kib) - mib(rss.plain_kib),
         "MiB",
     );
-    figure("api", "rss_api_after_requests", mib(rss.api_after_kib), "MiB");
+    figure(
+        "api",
+        "rss_api_after_requests",
+        mib(rss.api_after_kib),
+        "MiB",
+    );
     figure(
         "api",
         "rss_api_after_requests_added",
@@ -720,7 +747,12 @@ pub fn run() -> anyhow::Result<()> {
     figure("api", "qmp_fresh_rps", qmp.fresh.rps(), "req/s");
     figure("api", "qmp_fresh_p50", us(qmp.fresh.percentile(50)), "us");
     figure("api", "qmp_session_rps", qmp.session.rps(), "req/s");
-    figure("api", "qmp_session_p50", us(qmp.session.percentile(50)), "us");
+    figure(
+        "api",
+        "qmp_session_p50",
+        us(qmp.session.percentile(50)),
+        "us",
+    );
     figure(
         "api",
         "popek_over_qemu_rps",

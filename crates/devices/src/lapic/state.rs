@@ -115,7 +115,10 @@ impl LocalApic {
             } else {
                 ""
             };
-            format!("IA32_APIC_BASE {:#x} sets reserved bits{x2apic}", s.apic_base)
+            format!(
+                "IA32_APIC_BASE {:#x} sets reserved bits{x2apic}",
+                s.apic_base
+            )
         })?;
         for (name, v) in [("ID", s.id), ("LDR", s.ldr)] {
             ensure(v & 0x00ff_ffff == 0, DEVICE, || {
@@ -157,9 +160,11 @@ impl LocalApic {
         ensure(t.divide_config & !0xb == 0, DEVICE, || {
             format!("timer divide configuration {:#x}", t.divide_config)
         })?;
-        ensure(t.initial_count != 0 || t.next_irq_in_ns.is_none(), DEVICE, || {
-            "a stopped timer has an interrupt due".into()
-        })?;
+        ensure(
+            t.initial_count != 0 || t.next_irq_in_ns.is_none(),
+            DEVICE,
+            || "a stopped timer has an interrupt due".into(),
+        )?;
 
         let now = self.clock.now_ns();
         let running = t.initial_count != 0;
@@ -262,10 +267,18 @@ mod tests {
         assert_eq!(wakeup.deadline(), Some(T1 + 700_000));
         assert_eq!(rd(&mut b, 0x80), 0x20);
         assert_eq!(rd(&mut b, 0xd0), 0x0400_0000);
-        assert_eq!(b.pending_interrupt(), Some(0x61), "above the 0x50 in service");
+        assert_eq!(
+            b.pending_interrupt(),
+            Some(0x61),
+            "above the 0x50 in service"
+        );
         clock.set(T1 + 700_000);
         assert!(b.expire(), "the timer fires on time");
-        assert_eq!(wakeup.deadline(), Some(T1 + 1_700_000), "and stays periodic");
+        assert_eq!(
+            wakeup.deadline(),
+            Some(T1 + 1_700_000),
+            "and stays periodic"
+        );
         assert_eq!(rd(&mut b, 0x120), 1 << (0x50 - 64), "0x50 in service");
         wr(&mut b, 0xb0, 0); // EOI of 0x50.
         assert_eq!(rd(&mut b, 0x120), 0);
@@ -313,7 +326,10 @@ mod tests {
             corrupt(&mut bad);
             assert!(matches!(
                 a.restore(&bad),
-                Err(StateError::Invalid { device: "lapic", .. })
+                Err(StateError::Invalid {
+                    device: "lapic",
+                    ..
+                })
             ));
         }
         assert_eq!(a.save(), good);

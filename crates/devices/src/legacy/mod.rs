@@ -5,6 +5,10 @@
 //! one `Arc<Mutex<_>>` and hand the VMM one small bus device per port range, listed by a
 //! `bus_entries` function as [`BusEntry`] values the VMM inserts into its port bus.
 //!
+//! Snapshots: each device with state saves and restores it (`state.rs` in its folder: serial,
+//! CMOS, ACPI PM, PIC, IOAPIC, PIT); the i8042 and the debug-exit port have none. Restore the
+//! PIC and the IOAPIC before the devices that drive their inputs.
+//!
 //! Lock order: a device that raises an interrupt (PIT, serial, ...) holds its own lock while
 //! it locks the PIC or the IOAPIC through an [`IrqRouter`] line; the interrupt controllers never
 //! call back into a device. Sinks ([`crate::interrupt::ExtIntSink`],
@@ -25,15 +29,15 @@ pub mod pic;
 pub mod pit;
 pub mod serial;
 
-pub use acpi_pm::AcpiPm;
-pub use cmos::Cmos;
+pub use acpi_pm::{AcpiPm, AcpiPmState};
+pub use cmos::{Cmos, CmosState};
 pub use debug_exit::DebugExit;
 pub use i8042::I8042;
-pub use ioapic::{IOAPIC_PINS, Ioapic, IoapicError};
+pub use ioapic::{IOAPIC_PINS, Ioapic, IoapicError, IoapicState};
 pub use irq_router::{IrqRouter, IrqRouterError};
-pub use pic::{Pic, PicError};
-pub use pit::Pit;
-pub use serial::Serial;
+pub use pic::{Pic, PicError, PicState};
+pub use pit::{Pit, PitState};
+pub use serial::{Serial, SerialState};
 
 /// A device and the address range where the VMM should insert it into a bus.
 pub struct BusEntry {

@@ -38,7 +38,9 @@ pub use root::{
     CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, ECAM_SIZE, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID,
     PciBusEntries, PciIrqs, PciRoot, PciRootConfig, PciSlot,
 };
-pub use state::{MsixConfigState, MsixVectorState, PciConfigurationState, PciRootState, PciSlotState};
+pub use state::{
+    MsixConfigState, MsixVectorState, PciConfigurationState, PciRootState, PciSlotState,
+};
 
 use crate::interrupt::IrqLine;
 use crate::legacy::IrqRouter;

@@ -87,12 +87,14 @@ impl PciConfiguration {
     /// Restores `s`. Registers only change; a device that acts on them (decoding, MSI-X
     /// control, INTx disable) applies them itself.
     pub fn restore(&mut self, s: &PciConfigurationState) -> Result<(), StateError> {
-        self.restore_as(s, "pci function")
+        self.check_state(s, "pci function")?;
+        self.apply_state(s);
+        Ok(())
     }
 
-    /// [`PciConfiguration::restore`], with errors naming `device`.
-    pub(crate) fn restore_as(
-        &mut self,
+    /// Checks `s` for [`PciConfiguration::restore`], with errors naming `device`.
+    pub(crate) fn check_state(
+        &self,
         s: &PciConfigurationState,
         device: &'static str,
     ) -> Result<(), StateError> {
@@ -114,8 +116,14 @@ impl PciConfiguration {
                 )
             })?;
         }
-        self.regs[..n].copy_from_slice(&s.dwords);
         Ok(())
+    }
+
+    /// Applies a state [`PciConfiguration::check_state`] accepted.
+    pub(crate) fn apply_state(&mut self, s: &PciConfigurationState) {
+        for (r, &v) in self.regs.iter_mut().zip(&s.dwords) {
+            *r = v;
+        }
     }
 }
 
@@ -144,12 +152,14 @@ impl MsixConfig {
 
     /// Restores `s`, delivering nothing: a pending vector stays pending until unmasked.
     pub fn restore(&mut self, s: &MsixConfigState) -> Result<(), StateError> {
-        self.restore_as(s, "msix")
+        self.check_state(s, "msix")?;
+        self.apply_state(s);
+        Ok(())
     }
 
-    /// [`MsixConfig::restore`], with errors naming `device`.
-    pub(crate) fn restore_as(
-        &mut self,
+    /// Checks `s` for [`MsixConfig::restore`], with errors naming `device`.
+    pub(crate) fn check_state(
+        &self,
         s: &MsixConfigState,
         device: &'static str,
     ) -> Result<(), StateError> {
@@ -160,7 +170,6 @@ impl MsixConfig {
                 self.table.len()
             )
         })?;
-        let mut pending = vec![false; self.table.len()];
         for &v in &s.pending {
             let Some(entry) = s.table.get(usize::from(v)) else {
                 return Err(StateError::Invalid {
@@ -169,11 +178,17 @@ impl MsixConfig {
                 });
             };
             // A vector pends only while it cannot be delivered.
-            ensure(!s.enabled || s.function_masked || entry.masked, device, || {
-                format!("MSI-X vector {v} is pending but deliverable")
-            })?;
-            pending[usize::from(v)] = true;
+            ensure(
+                !s.enabled || s.function_masked || entry.masked,
+                device,
+                || format!("MSI-X vector {v} is pending but deliverable"),
+            )?;
         }
+        Ok(())
+    }
+
+    /// Applies a state [`MsixConfig::check_state`] accepted.
+    pub(crate) fn apply_state(&mut self, s: &MsixConfigState) {
         self.enabled = s.enabled;
         self.function_masked = s.function_masked;
         for (e, v) in self.table.iter_mut().zip(&s.table) {
@@ -184,8 +199,12 @@ impl MsixConfig {
                 u32::from(v.masked),
             ];
         }
-        self.pending = pending;
-        Ok(())
+        self.pending.fill(false);
+        for &v in &s.pending {
+            if let Some(p) = self.pending.get_mut(usize::from(v)) {
+                *p = true;
+            }
+        }
     }
 }
 
@@ -217,15 +236,19 @@ impl PciRoot {
     pub fn restore(&mut self, s: &PciRootState) -> Result<(), StateError> {
         const DEVICE: &str = "pci root";
         ensure(s.config_address & !CONFIG_ADDRESS_MASK == 0, DEVICE, || {
-            format!("address register {:#010x} sets reserved bits", s.config_address)
+            format!(
+                "address register {:#010x} sets reserved bits",
+                s.config_address
+            )
         })?;
         let here = self.save().devices;
         ensure_fits(here == s.devices, DEVICE, || {
             format!("slots hold {:?}, the snapshot's held {:?}", here, s.devices)
         })?;
-        lock(&self.host_bridge)
-            .config
-            .restore_as(&s.host_bridge, DEVICE)?;
+        let mut bridge = lock(&self.host_bridge);
+        bridge.config.check_state(&s.host_bridge, DEVICE)?;
+        bridge.config.apply_state(&s.host_bridge);
+        drop(bridge);
         self.config_address = s.config_address;
         for slot in 0..self.slots.len() {
             self.refresh(slot);
@@ -412,13 +435,22 @@ mod tests {
         let mut byte = [0u8];
         lock(&b).mmio_read(0xc800_0007, &mut byte);
         assert_eq!(byte, [7], "device 2's BAR decodes where the guest put it");
-        ports = PciRoot::bus_entries(&b).pio.into_iter().next().unwrap().device;
+        ports = PciRoot::bus_entries(&b)
+            .pio
+            .into_iter()
+            .next()
+            .unwrap()
+            .device;
         let mut addr = [0u8; 4];
         lock(&*ports).read(0, &mut addr);
         assert_eq!(u32::from_le_bytes(addr), 0x8000_1000);
         let mut id = [0u8; 2];
         lock(&*ports).read(6, &mut id);
-        assert_eq!(u16::from_le_bytes(id), 0x1041, "data port reads slot 2's device ID");
+        assert_eq!(
+            u16::from_le_bytes(id),
+            0x1041,
+            "data port reads slot 2's device ID"
+        );
     }
 
     #[test]

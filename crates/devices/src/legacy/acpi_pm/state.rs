@@ -35,7 +35,10 @@ impl AcpiPm {
     /// Restores `s` and drives the SCI to the level it implies.
     pub fn restore(&mut self, s: &AcpiPmState) -> Result<(), StateError> {
         ensure(s.status & !PWRBTN == 0, DEVICE, || {
-            format!("PM1_STS {:#06x} has events this device never raises", s.status)
+            format!(
+                "PM1_STS {:#06x} has events this device never raises",
+                s.status
+            )
         })?;
         ensure(s.control & (GBL_RLS | SLP_EN) == 0, DEVICE, || {
             format!("PM1_CNT {:#06x} holds write-only bits", s.control)
@@ -101,7 +104,10 @@ mod tests {
         ] {
             assert!(matches!(
                 p.restore(&bad),
-                Err(StateError::Invalid { device: "acpi-pm", .. })
+                Err(StateError::Invalid {
+                    device: "acpi-pm",
+                    ..
+                })
             ));
         }
         assert!(!sci.level());

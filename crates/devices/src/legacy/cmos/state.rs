@@ -43,16 +43,22 @@ impl Cmos {
         ensure(s.index < 0x80, DEVICE, || {
             format!("index {:#x} beyond the 128 registers", s.index)
         })?;
-        let ram: [u8; RAM_LEN] = s.ram.as_slice().try_into().map_err(|_| StateError::Invalid {
-            device: DEVICE,
-            what: format!("{} bytes of RAM, not {RAM_LEN}", s.ram.len()),
-        })?;
+        let ram: [u8; RAM_LEN] = s
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| StateError::Invalid {
+                device: DEVICE,
+                what: format!("{} bytes of RAM, not {RAM_LEN}", s.ram.len()),
+            })?;
         ensure(ram[usize::from(REG_A)] & A_UIP == 0, DEVICE, || {
             "register A has the read-only update-in-progress bit set".into()
         })?;
-        ensure((-MAX_TIME..=MAX_TIME).contains(&s.offset_seconds), DEVICE, || {
-            format!("time offset {} s beyond year 9999", s.offset_seconds)
-        })?;
+        ensure(
+            (-MAX_TIME..=MAX_TIME).contains(&s.offset_seconds),
+            DEVICE,
+            || format!("time offset {} s beyond year 9999", s.offset_seconds),
+        )?;
         self.index = s.index;
         self.nmi_masked = s.nmi_masked;
         self.ram = ram;

@@ -53,9 +53,11 @@ impl Ioapic {
             ensure(e & !(WRITABLE | REMOTE_IRR) == 0, DEVICE, || {
                 format!("redirection entry {pin} ({e:#018x}) sets reserved bits")
             })?;
-            ensure(e & REMOTE_IRR == 0 || e & TRIGGER_LEVEL != 0, DEVICE, || {
-                format!("redirection entry {pin} has remote IRR on an edge-triggered pin")
-            })?;
+            ensure(
+                e & REMOTE_IRR == 0 || e & TRIGGER_LEVEL != 0,
+                DEVICE,
+                || format!("redirection entry {pin} has remote IRR on an edge-triggered pin"),
+            )?;
         }
         ensure(s.lines >> IOAPIC_PINS == 0, DEVICE, || {
             format!("input lines {:#x} beyond pin 23", s.lines)
@@ -110,7 +112,10 @@ mod tests {
         assert_eq!(read_reg(&mut b, 0x00), 0x0300_0000);
         assert_eq!(read_reg(&mut b, 0x10 + 2 * 4), 0x34);
         assert_eq!(read_reg(&mut b, 0x10 + 2 * 4 + 1), 0x0100_0000);
-        assert_eq!(b.redirection_entry(9), Some(0x49 | TRIGGER_LEVEL | REMOTE_IRR));
+        assert_eq!(
+            b.redirection_entry(9),
+            Some(0x49 | TRIGGER_LEVEL | REMOTE_IRR)
+        );
         // The level line is still asserted: the EOI delivers again, and a repeated level
         // from the device makes no new interrupt.
         b.set_irq(9, true).unwrap();
@@ -138,7 +143,10 @@ mod tests {
             corrupt(&mut bad);
             assert!(matches!(
                 io.restore(&bad),
-                Err(StateError::Invalid { device: "ioapic", .. })
+                Err(StateError::Invalid {
+                    device: "ioapic",
+                    ..
+                })
             ));
         }
         assert_eq!(io.save(), good);

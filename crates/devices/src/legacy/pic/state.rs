@@ -90,7 +90,10 @@ impl Chip {
             format!("{name} rotation {}", s.priority_add)
         })?;
         ensure(s.irq_base & 7 == 0, DEVICE, || {
-            format!("{name} vector base {:#x} is not a multiple of 8", s.irq_base)
+            format!(
+                "{name} vector base {:#x} is not a multiple of 8",
+                s.irq_base
+            )
         })?;
         ensure(s.elcr & !self.elcr_mask == 0, DEVICE, || {
             format!("{name} ELCR {:#04x} sets edge-only inputs", s.elcr)

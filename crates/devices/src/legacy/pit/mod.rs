@@ -25,9 +25,9 @@ mod channel;
 mod state;
 
 use channel::Channel;
-pub use state::{PitByte, PitChannelState, PitLatch, PitState};
 #[cfg(test)]
 use channel::ns_for_ticks;
+pub use state::{PitByte, PitChannelState, PitLatch, PitState};
 
 use super::{BusEntry, lock, read_bytes, write_bytes};
 use crate::bus::BusDevice;

@@ -148,9 +148,16 @@ impl Channel {
             _ => matches!(b, PitByte::Low | PitByte::High),
         };
         let latched = s.latched_count.is_none_or(|l| bytes(l.next));
-        ensure(bytes(s.read_byte) && bytes(s.write_byte) && latched, DEVICE, || {
-            format!("channel {index} byte order disagrees with access mode {}", s.access)
-        })?;
+        ensure(
+            bytes(s.read_byte) && bytes(s.write_byte) && latched,
+            DEVICE,
+            || {
+                format!(
+                    "channel {index} byte order disagrees with access mode {}",
+                    s.access
+                )
+            },
+        )?;
         ensure(index == 2 || s.gate, DEVICE, || {
             format!("channel {index} gate is tied high")
         })?;

@@ -90,11 +90,13 @@ impl Serial {
         let trigger = IrqTrigger::new(self.uart.interrupt_evt().line.clone());
         trigger.muted.store(true, Ordering::Relaxed);
         let sink: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
-        let mut uart = vm_superio::Serial::from_state(&state, trigger, NoEvents, sink)
-                .map_err(|e| StateError::Invalid {
+        let mut uart =
+            vm_superio::Serial::from_state(&state, trigger, NoEvents, sink).map_err(|e| {
+                StateError::Invalid {
                     device: DEVICE,
                     what: format!("{e:?}"),
-                })?;
+                }
+            })?;
         uart.interrupt_evt().muted.store(false, Ordering::Relaxed);
         std::mem::swap(uart.writer_mut(), self.uart.writer_mut());
         self.uart = uart;
@@ -176,9 +178,17 @@ mod tests {
         while inb(&mut b, LSR) & 1 == 1 {
             got.push(inb(&mut b, RBR));
         }
-        assert_eq!(got, (1..100u8).collect::<Vec<_>>(), "input continues in order");
+        assert_eq!(
+            got,
+            (1..100u8).collect::<Vec<_>>(),
+            "input continues in order"
+        );
         b.write(RBR, b"x");
-        assert_eq!(&*out.0.lock().unwrap(), b"x", "output goes to the new writer");
+        assert_eq!(
+            &*out.0.lock().unwrap(),
+            b"x",
+            "output goes to the new writer"
+        );
     }
 
     #[test]
@@ -189,7 +199,10 @@ mod tests {
         bad.rx_fifo = vec![0; 65];
         assert!(matches!(
             s.restore(&bad),
-            Err(StateError::Invalid { device: "serial", .. })
+            Err(StateError::Invalid {
+                device: "serial",
+                ..
+            })
         ));
         let mut bad = s.save();
         bad.pending_input = vec![0; INPUT_BUFFER_LIMIT + 1];

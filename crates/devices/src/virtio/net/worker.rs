@@ -301,8 +301,8 @@ impl VirtioWorker for NetWorker {
     }
 
     fn queue_states(&self) -> Vec<QueueState> {
-        // Every chain taken from the rx ring is either used or given back before `receive`
-        // returns, so the positions hold no chain in flight.
+        // Every chain taken from the rx ring is used or given back before `receive` returns
+        // (unless the ring is found broken), so the positions hold no chain in flight.
         vec![self.rx.state(), self.tx.state()]
     }
 }

@@ -19,9 +19,9 @@ use crate::virtio::{F_RING_EVENT_IDX, F_VERSION_1, GuestMemory};
 /// Length of the common configuration structure.
 pub const COMMON_LEN: usize = 0x38;
 
-const DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
-const FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
-const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+pub(super) const DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
+pub(super) const FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
+pub(super) const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 
 /// Register offsets.
 mod reg {
@@ -79,17 +79,17 @@ pub(super) enum Action {
 
 /// One queue's registers as the driver set them.
 #[derive(Debug, Clone, Copy)]
-struct QueueRegs {
-    max: u16,
-    size: u16,
-    enabled: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
+pub(super) struct QueueRegs {
+    pub(super) max: u16,
+    pub(super) size: u16,
+    pub(super) enabled: bool,
+    pub(super) desc: u64,
+    pub(super) driver: u64,
+    pub(super) device: u64,
 }
 
 impl QueueRegs {
-    fn new(max: u16) -> Self {
+    pub(super) fn new(max: u16) -> Self {
         // A maximum virtio-queue would refuse reads as size 0: the driver skips the queue.
         let usable = max.is_power_of_two() && max <= 32768;
         Self {
@@ -103,7 +103,7 @@ impl QueueRegs {
     }
 
     /// The queue these registers describe, if it is usable in `mem`.
-    fn queue(&self, mem: &GuestMemory, event_idx: bool) -> Option<Queue> {
+    pub(super) fn queue(&self, mem: &GuestMemory, event_idx: bool) -> Option<Queue> {
         let mut q = Queue::new(self.max).ok()?;
         q.try_set_size(self.size).ok()?;
         q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
@@ -119,13 +119,13 @@ impl QueueRegs {
 
 /// The common configuration registers of one device.
 pub(super) struct CommonConfig {
-    device_features: u64,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    status: u8,
-    queue_select: u16,
-    queues: Vec<QueueRegs>,
+    pub(super) device_features: u64,
+    pub(super) device_feature_select: u32,
+    pub(super) driver_feature_select: u32,
+    pub(super) driver_features: u64,
+    pub(super) status: u8,
+    pub(super) queue_select: u16,
+    pub(super) queues: Vec<QueueRegs>,
 }
 
 fn set_half(value: &mut u64, high: bool, half: u32) {

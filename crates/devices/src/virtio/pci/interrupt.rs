@@ -16,19 +16,19 @@ use crate::virtio::VirtioInterrupt;
 /// "No vector": the event raises no MSI-X interrupt.
 pub const NO_VECTOR: u16 = 0xffff;
 /// ISR bit: a queue has used buffers.
-pub const ISR_QUEUE: u8 = 1;
+pub(super) const ISR_QUEUE: u8 = 1;
 /// ISR bit: the configuration changed.
-pub const ISR_CONFIG: u8 = 2;
+pub(super) const ISR_CONFIG: u8 = 2;
 
 /// The interrupt state of one virtio-pci device.
 pub(super) struct Interrupts {
     msix: Mutex<MsixConfig>,
-    isr: Mutex<u8>,
-    intx: Arc<dyn IrqLine>,
-    intx_disabled: AtomicBool,
-    config_vector: AtomicU16,
-    queue_vectors: Vec<AtomicU16>,
-    config_generation: AtomicU8,
+    pub(super) isr: Mutex<u8>,
+    pub(super) intx: Arc<dyn IrqLine>,
+    pub(super) intx_disabled: AtomicBool,
+    pub(super) config_vector: AtomicU16,
+    pub(super) queue_vectors: Vec<AtomicU16>,
+    pub(super) config_generation: AtomicU8,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

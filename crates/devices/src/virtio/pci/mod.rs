@@ -24,20 +24,29 @@
 //! When the driver sets DRIVER_OK the transport activates the device and hands its worker to
 //! the [`WorkerHost`]; a reset (device_status 0) stops the worker and resets the device. An
 //! activation that fails sets DEVICE_NEEDS_RESET, which the driver sees.
+//!
+//! The host runs the worker through a handle the transport shares, so that a snapshot can ask
+//! the worker for its queue positions between two `handle` calls: its snapshot state is
+//! [`VirtioPciState`] (`state.rs`).
 
 mod common;
 mod interrupt;
+mod state;
 
-use std::sync::Arc;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
+use virtio_queue::{QueueState, QueueT};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use self::common::{Action, CommonConfig};
 use self::interrupt::Interrupts;
 use super::{ActivateError, Activation, ActiveQueue, GuestMemory, VirtioDevice, VirtioWorker};
+use crate::legacy::lock;
 use crate::pci::{BarKind, BarOffset, PciConfiguration, PciDevice, PciError, PciHeader, PciSlot};
 
 pub use self::interrupt::NO_VECTOR;
+pub use self::state::{VirtioPciState, VirtioQueueState};
 
 /// Vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -92,6 +101,12 @@ pub struct IoEvent<'a> {
 }
 
 /// Runs workers for the transport: the VMM's device thread.
+///
+/// For a snapshot the host must be able to stay idle (call no worker) from the first transport's
+/// [`VirtioPciDevice::save`] to the end of the guest memory dump: workers serve chains
+/// synchronously inside [`VirtioWorker::handle`], so an idle host means no request is in flight
+/// and no ring moves. A worker the host runs is shared with its transport, which locks it to read
+/// its queue positions; the host's calls therefore wait while a transport saves.
 pub trait WorkerHost: Send + Sync {
     /// Starts serving `worker`; returns an id for [`WorkerHost::stop`].
     fn start(&self, worker: Box<dyn VirtioWorker>) -> u64;
@@ -160,13 +175,42 @@ pub struct VirtioPciDevice {
     notify: Vec<EventFd>,
     mem: GuestMemory,
     host: Arc<dyn WorkerHost>,
-    worker: Option<u64>,
+    worker: Option<Running>,
     /// Activation was tried since the last reset: the device needs its own reset.
     activated: bool,
     msix_cap: usize,
     pci_cfg_cap: usize,
     /// BAR 0's address while memory decoding is on.
     decoded: Option<u64>,
+}
+
+/// A worker the host runs, shared with the transport.
+type SharedWorker = Arc<Mutex<Box<dyn VirtioWorker>>>;
+
+/// The worker of an active device: its id at the host, and the worker itself.
+struct Running {
+    id: u64,
+    worker: SharedWorker,
+}
+
+/// What the host runs: the shared worker, locked for each call. The device thread's calls and a
+/// snapshot's [`VirtioWorker::queue_states`] therefore never overlap. The worker locks only the
+/// interrupt state, never the transport, so the transport may wait for this lock.
+struct HostedWorker(SharedWorker);
+
+impl VirtioWorker for HostedWorker {
+    fn sources(&self) -> Vec<(RawFd, u64)> {
+        lock(&self.0).sources()
+    }
+    fn handle(&mut self, token: u64) {
+        lock(&self.0).handle(token);
+    }
+    fn sources_changed(&mut self) -> bool {
+        lock(&self.0).sources_changed()
+    }
+    fn queue_states(&self) -> Vec<QueueState> {
+        lock(&self.0).queue_states()
+    }
 }
 
 fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -359,25 +403,33 @@ impl VirtioPciDevice {
         if !self.common.features_ok() {
             return self.fail();
         }
+        if let Err(error) = self.start(&[]) {
+            self.host.activation_failed(self.name, &error);
+            self.fail();
+        }
+    }
+
+    /// Activates the device on the enabled queues and hands its worker to the host. Queue `i`
+    /// starts at `positions[i]` (next_avail, next_used), or at 0 beyond `positions`.
+    fn start(&mut self, positions: &[(u16, u16)]) -> Result<(), ActivateError> {
         let mut queues = Vec::new();
-        for (queue, fd) in self
+        for (i, (mut queue, fd)) in self
             .common
             .active_queues(&self.mem)
             .into_iter()
             .zip(&self.notify)
+            .enumerate()
         {
-            match fd.try_clone() {
-                Ok(notify) => queues.push(ActiveQueue { queue, notify }),
-                Err(source) => {
-                    let error = ActivateError::Host {
-                        device: self.name,
-                        what: "cannot duplicate a queue eventfd".into(),
-                        source,
-                    };
-                    self.host.activation_failed(self.name, &error);
-                    return self.fail();
-                }
+            if let Some(&(next_avail, next_used)) = positions.get(i) {
+                queue.set_next_avail(next_avail);
+                queue.set_next_used(next_used);
             }
+            let notify = fd.try_clone().map_err(|source| ActivateError::Host {
+                device: self.name,
+                what: "cannot duplicate a queue eventfd".into(),
+                source,
+            })?;
+            queues.push(ActiveQueue { queue, notify });
         }
         let activation = Activation {
             mem: self.mem.clone(),
@@ -385,12 +437,17 @@ impl VirtioPciDevice {
             queues,
             interrupt: self.interrupts.clone(),
         };
-        match self.device.activate(activation) {
-            Ok(worker) => self.worker = Some(self.host.start(worker)),
-            Err(error) => {
-                self.host.activation_failed(self.name, &error);
-                self.fail();
-            }
+        let worker: SharedWorker = Arc::new(Mutex::new(self.device.activate(activation)?));
+        let id = self.host.start(Box::new(HostedWorker(worker.clone())));
+        self.worker = Some(Running { id, worker });
+        Ok(())
+    }
+
+    /// Stops the worker, if one runs. The host drops it last, after it stopped watching its fds.
+    fn stop(&mut self) {
+        if let Some(Running { id, worker }) = self.worker.take() {
+            drop(worker);
+            self.host.stop(id);
         }
     }
 
@@ -402,9 +459,7 @@ impl VirtioPciDevice {
     }
 
     fn reset(&mut self) {
-        if let Some(id) = self.worker.take() {
-            self.host.stop(id);
-        }
+        self.stop();
         if std::mem::take(&mut self.activated) {
             self.device.reset();
         }
@@ -506,9 +561,7 @@ impl PciDevice for VirtioPciDevice {
 
 impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
-        if let Some(id) = self.worker.take() {
-            self.host.stop(id);
-        }
+        self.stop();
     }
 }
 

@@ -1,6 +1,7 @@
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 
+use virtio_queue::QueueState;
 use vm_memory::GuestAddress;
 
 use super::*;
@@ -10,39 +11,46 @@ use crate::pci::{
 use crate::testing::{MockIntx, MockMsi};
 use crate::virtio::{F_RING_EVENT_IDX, F_VERSION_1, VirtioInterrupt, device_type};
 
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER: u8 = 2;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-const NEEDS_RESET: u8 = 0x40;
-const FEATURE_X: u64 = 1 << 5;
+pub(super) const ACKNOWLEDGE: u8 = 1;
+pub(super) const DRIVER: u8 = 2;
+pub(super) const DRIVER_OK: u8 = 4;
+pub(super) const FEATURES_OK: u8 = 8;
+pub(super) const NEEDS_RESET: u8 = 0x40;
+pub(super) const FEATURE_X: u64 = 1 << 5;
 
 /// A queue as activated: size, descriptor table and used ring addresses.
 type QueueSeen = (u16, u64, u64);
 
 /// What the fake device saw.
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
     /// Per activation: features, and each queue's (size, descriptor table, used ring).
-    activations: Vec<(u64, Vec<QueueSeen>)>,
-    notify: Vec<EventFd>,
-    interrupt: Option<Arc<dyn VirtioInterrupt>>,
-    resets: usize,
-    config_writes: Vec<(u64, Vec<u8>)>,
+    pub(super) activations: Vec<(u64, Vec<QueueSeen>)>,
+    /// Per activation: each queue's (next_avail, next_used).
+    pub(super) positions: Vec<Vec<(u16, u16)>>,
+    /// The last worker's queues, which a test may move on as if the worker served them.
+    pub(super) worker_queues: Arc<Mutex<Vec<QueueState>>>,
+    pub(super) notify: Vec<EventFd>,
+    pub(super) interrupt: Option<Arc<dyn VirtioInterrupt>>,
+    pub(super) resets: usize,
+    pub(super) config_writes: Vec<(u64, Vec<u8>)>,
 }
 
-struct FakeDevice {
-    seen: Arc<Mutex<Seen>>,
-    fail: bool,
+pub(super) struct FakeDevice {
+    pub(super) seen: Arc<Mutex<Seen>>,
+    pub(super) fail: bool,
 }
 
-struct FakeWorker;
+struct FakeWorker(Arc<Mutex<Vec<QueueState>>>);
 
 impl VirtioWorker for FakeWorker {
     fn sources(&self) -> Vec<(RawFd, u64)> {
         Vec::new()
     }
     fn handle(&mut self, _token: u64) {}
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 impl VirtioDevice for FakeDevice {
@@ -76,6 +84,11 @@ impl VirtioDevice for FakeDevice {
             .map(|q| (q.queue.size(), q.queue.desc_table(), q.queue.used_ring()))
             .collect();
         seen.activations.push((a.features, queues));
+        let states: Vec<QueueState> = a.queues.iter().map(|q| q.queue.state()).collect();
+        seen.positions
+            .push(states.iter().map(|q| (q.next_avail, q.next_used)).collect());
+        seen.worker_queues = Arc::new(Mutex::new(states));
+        let worker_queues = seen.worker_queues.clone();
         seen.notify = a.queues.into_iter().map(|q| q.notify).collect();
         seen.interrupt = Some(a.interrupt);
         if self.fail {
@@ -84,7 +97,7 @@ impl VirtioDevice for FakeDevice {
                 what: "test failure".into(),
             });
         }
-        Ok(Box::new(FakeWorker))
+        Ok(Box::new(FakeWorker(worker_queues)))
     }
     fn reset(&mut self) {
         self.seen.lock().unwrap().resets += 1;
@@ -93,12 +106,12 @@ impl VirtioDevice for FakeDevice {
 
 /// A worker host that records what the transport asked of it.
 #[derive(Default)]
-struct MockHost {
-    started: Mutex<Vec<u64>>,
-    stopped: Mutex<Vec<u64>>,
+pub(super) struct MockHost {
+    pub(super) started: Mutex<Vec<u64>>,
+    pub(super) stopped: Mutex<Vec<u64>>,
     /// Each move: the old and new notification addresses.
-    moves: Mutex<Vec<(Vec<u64>, Vec<u64>)>>,
-    failures: Mutex<usize>,
+    pub(super) moves: Mutex<Vec<(Vec<u64>, Vec<u64>)>>,
+    pub(super) failures: Mutex<usize>,
 }
 
 impl WorkerHost for MockHost {
@@ -120,17 +133,17 @@ impl WorkerHost for MockHost {
     }
 }
 
-struct Rig {
-    dev: VirtioPciDevice,
-    seen: Arc<Mutex<Seen>>,
-    host: Arc<MockHost>,
-    intx: Arc<MockIntx>,
-    msi: Arc<MockMsi>,
+pub(super) struct Rig {
+    pub(super) dev: VirtioPciDevice,
+    pub(super) seen: Arc<Mutex<Seen>>,
+    pub(super) host: Arc<MockHost>,
+    pub(super) intx: Arc<MockIntx>,
+    pub(super) msi: Arc<MockMsi>,
 }
 
-const MEM_SIZE: usize = 1 << 20;
+pub(super) const MEM_SIZE: usize = 1 << 20;
 
-fn rig_with(fail: bool) -> Rig {
+pub(super) fn rig_with(fail: bool) -> Rig {
     let intx = Arc::new(MockIntx::default());
     let msi = Arc::new(MockMsi::default());
     let mut root = PciRoot::new(
@@ -168,27 +181,27 @@ fn rig_with(fail: bool) -> Rig {
     }
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     rig_with(false)
 }
 
 impl Rig {
-    fn read(&mut self, offset: u64, len: usize) -> u64 {
+    pub(super) fn read(&mut self, offset: u64, len: usize) -> u64 {
         let mut b = [0u8; 8];
         self.dev.read_bar(0, offset, &mut b[..len]);
         u64::from_le_bytes(b)
     }
-    fn write(&mut self, offset: u64, len: usize, value: u64) {
+    pub(super) fn write(&mut self, offset: u64, len: usize, value: u64) {
         self.dev.write_bar(0, offset, &value.to_le_bytes()[..len]);
     }
-    fn status(&mut self) -> u8 {
+    pub(super) fn status(&mut self) -> u8 {
         self.read(0x14, 1) as u8
     }
-    fn set_status(&mut self, s: u8) {
+    pub(super) fn set_status(&mut self, s: u8) {
         self.write(0x14, 1, u64::from(s));
     }
     /// Offers `features` as the driver and asks for FEATURES_OK; returns whether it stuck.
-    fn negotiate(&mut self, features: u64) -> bool {
+    pub(super) fn negotiate(&mut self, features: u64) -> bool {
         self.set_status(ACKNOWLEDGE | DRIVER);
         for word in 0..2 {
             self.write(0x08, 4, word);
@@ -198,7 +211,7 @@ impl Rig {
         self.status() & FEATURES_OK != 0
     }
     /// Sets up queue `q` with `size` entries at `base` (descriptors, then avail, then used).
-    fn setup_queue(&mut self, q: u16, size: u16, base: u64) {
+    pub(super) fn setup_queue(&mut self, q: u16, size: u16, base: u64) {
         self.write(0x16, 2, u64::from(q));
         self.write(0x18, 2, u64::from(size));
         self.write(0x20, 4, base);
@@ -208,12 +221,12 @@ impl Rig {
         self.write(0x34, 4, 0);
         self.write(0x1c, 2, 1);
     }
-    fn config8(&mut self, offset: usize) -> u8 {
+    pub(super) fn config8(&mut self, offset: usize) -> u8 {
         let mut b = [0u8];
         self.dev.read_config(offset as u64, &mut b);
         b[0]
     }
-    fn config_write(&mut self, offset: u64, data: &[u8]) {
+    pub(super) fn config_write(&mut self, offset: u64, data: &[u8]) {
         self.dev.write_config(offset, data);
     }
 }

@@ -30,8 +30,12 @@ pub(super) enum EventSent {
         /// The driver asked to be interrupted.
         notify: bool,
     },
-    /// No usable event buffer is available yet.
-    NoBuffer,
+    /// No usable event buffer is available yet; `notify` if unusable ones went back and the
+    /// driver wants an interrupt.
+    NoBuffer {
+        /// The driver asked to be interrupted.
+        notify: bool,
+    },
     /// The event ring is unusable.
     Broken,
 }
@@ -42,7 +46,7 @@ pub(super) fn send_transport_reset(event: &mut Queue, mem: &GuestMemory) -> Even
     let mut notify = false;
     loop {
         let (head, len) = match chain::next_chain(event, mem, 64) {
-            None => return EventSent::NoBuffer,
+            None => return EventSent::NoBuffer { notify },
             Some(Ok(c)) => {
                 let bytes = EVENT_TRANSPORT_RESET.to_le_bytes();
                 if c.readable.is_empty() && c.write_at(mem, 0, &bytes) == EVENT_LEN {
@@ -79,7 +83,10 @@ mod tests {
     #[test]
     fn restored_device_resets_the_guests_connections_through_the_event_queue() {
         let mut h = Harness::new();
-        assert!(h.evq.take_used(&h.mem).is_empty(), "no event on a first start");
+        assert!(
+            h.evq.take_used(&h.mem).is_empty(),
+            "no event on a first start"
+        );
         h.give_rx(4);
         let (mut c, _) = h.host_connect(100);
         h.mem
@@ -124,9 +131,15 @@ mod tests {
         let state = serde_json::json!({ "connections": [1, 2] });
         assert!(matches!(
             h.dev.restore_state(&state),
-            Err(StateError::Mismatch { device: "vsock", .. })
+            Err(StateError::Mismatch {
+                device: "vsock",
+                ..
+            })
         ));
         h.activate();
-        assert!(h.evq.take_used(&h.mem).is_empty(), "no reset without a restore");
+        assert!(
+            h.evq.take_used(&h.mem).is_empty(),
+            "no reset without a restore"
+        );
     }
 }

@@ -98,18 +98,20 @@ impl VsockWorker {
         if !self.reset_pending {
             return;
         }
-        match super::state::send_transport_reset(&mut self.event, &self.mem) {
+        let notify = match super::state::send_transport_reset(&mut self.event, &self.mem) {
             EventSent::Sent { notify } => {
                 self.reset_pending = false;
-                if notify {
-                    self.interrupt.signal_queue(queue::EVENT as u16);
-                }
+                notify
             }
-            EventSent::NoBuffer => {}
+            EventSent::NoBuffer { notify } => notify,
             EventSent::Broken => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.reset_pending = false;
+                false
             }
+        };
+        if notify {
+            self.interrupt.signal_queue(queue::EVENT as u16);
         }
     }
 
