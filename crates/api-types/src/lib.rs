@@ -13,6 +13,8 @@
 //! - `POST /vm/actions` ← [`ActionRequest`]
 //! - `GET /vm/counters` → [`VmCounters`]; `GET /metrics` → Prometheus text
 //! - `GET /vm/events?since=N` → [`EventList`]
+//! - `POST /vm/snapshot` ← [`SnapshotRequest`] → [`SnapshotInfo`] (paused)
+//! - `POST /vm/restore` ← [`RestoreRequest`] (created or stopped)
 //! - errors → [`ApiError`]
 
 use schemars::JsonSchema;
@@ -347,6 +349,48 @@ pub struct EventList {
     pub events: Vec<Event>,
     /// The sequence number to ask `since` next time.
     pub next: u64,
+}
+
+/// `POST /vm/snapshot`: write the paused VM into a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The directory (new, or empty) on the VMM's host.
+    pub dir: String,
+    /// Only the pages written since this VM's previous snapshot.
+    #[serde(default)]
+    pub diff: bool,
+}
+
+/// The reply to `POST /vm/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotInfo {
+    /// "full" or "diff".
+    pub kind: String,
+    /// Memory pages written (4 KiB each; all-zero pages are holes and not counted).
+    pub pages_written: u64,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Milliseconds the snapshot took.
+    pub duration_ms: u64,
+}
+
+/// `POST /vm/restore`: resume a snapshot in this VMM (created or stopped state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The snapshot directory.
+    pub dir: String,
+    /// Replacement disks (a clone's own overlays), as many as the snapshot has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskConfig>>,
+    /// Replacement NICs (a clone's own taps), as many as the snapshot has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nets: Option<Vec<NetConfig>>,
+    /// Where the restored VM's console goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
 }
 
 /// Every error reply's body.

@@ -1,7 +1,8 @@
 //! What the server asks of the VMM.
 
 use api_types::{
-    Action, DiskConfig, EventList, NetConfig, VmConfig, VmConfigPatch, VmCounters, VmInfo, VmState,
+    Action, DiskConfig, EventList, NetConfig, RestoreRequest, SnapshotInfo, SnapshotRequest,
+    VmConfig, VmConfigPatch, VmCounters, VmInfo, VmState,
 };
 
 /// Why the VMM refused a request.
@@ -47,4 +48,18 @@ pub trait Backend: Send + Sync {
     fn counters(&self) -> VmCounters;
     /// `GET /vm/events?since=N`.
     fn events(&self, since: u64) -> EventList;
+    /// `POST /vm/snapshot` (paused).
+    fn snapshot(&self, request: SnapshotRequest) -> Result<SnapshotInfo, BackendError> {
+        let _ = request;
+        Err(BackendError::Failed(
+            "This VMM cannot take snapshots".into(),
+        ))
+    }
+    /// `POST /vm/restore` (created or stopped).
+    fn restore(&self, request: RestoreRequest) -> Result<(), BackendError> {
+        let _ = request;
+        Err(BackendError::Failed(
+            "This VMM cannot restore snapshots".into(),
+        ))
+    }
 }

@@ -1,7 +1,10 @@
 //! The routes: which resource a request names, what body it takes, and how the backend's answer
 //! becomes a reply. Nothing here knows sockets; `server` does the HTTP around it.
 
-use api_types::{ActionRequest, ApiError, DiskConfig, NetConfig, VmConfig, VmConfigPatch};
+use api_types::{
+    ActionRequest, ApiError, DiskConfig, NetConfig, RestoreRequest, SnapshotRequest, VmConfig,
+    VmConfigPatch,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -20,6 +23,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/counters"),
     ("GET", "/metrics"),
     ("GET", "/vm/events"),
+    ("POST", "/vm/snapshot"),
+    ("POST", "/vm/restore"),
 ];
 
 /// The largest request body the server reads, in bytes; larger ones get 413.
@@ -87,6 +92,8 @@ pub(crate) enum Endpoint {
     GetCounters,
     GetMetrics,
     GetEvents { since: u64 },
+    PostSnapshot,
+    PostRestore,
 }
 
 impl Endpoint {
@@ -98,6 +105,8 @@ impl Endpoint {
             Endpoint::PutDisk(_) => Some("DiskConfig"),
             Endpoint::PutNet(_) => Some("NetConfig"),
             Endpoint::PostAction => Some("ActionRequest"),
+            Endpoint::PostSnapshot => Some("SnapshotRequest"),
+            Endpoint::PostRestore => Some("RestoreRequest"),
             Endpoint::GetVm
             | Endpoint::GetCounters
             | Endpoint::GetMetrics
@@ -116,6 +125,8 @@ impl Endpoint {
             Endpoint::GetCounters => "GET /vm/counters",
             Endpoint::GetMetrics => "GET /metrics",
             Endpoint::GetEvents { .. } => "GET /vm/events",
+            Endpoint::PostSnapshot => "POST /vm/snapshot",
+            Endpoint::PostRestore => "POST /vm/restore",
         }
     }
 }
@@ -161,6 +172,8 @@ pub(crate) fn resolve(method: &str, target: &str) -> Result<Endpoint, Reply> {
         ("GET", "/vm/counters") => Endpoint::GetCounters,
         ("GET", "/metrics") => Endpoint::GetMetrics,
         ("GET", "/vm/events") => return events_query(query),
+        ("POST", "/vm/snapshot") => Endpoint::PostSnapshot,
+        ("POST", "/vm/restore") => Endpoint::PostRestore,
         _ => {
             return Err(Reply::message(
                 500,
@@ -277,6 +290,14 @@ pub(crate) fn call(backend: &dyn Backend, endpoint: Endpoint, body: &[u8]) -> Re
         Endpoint::PostAction => {
             with_body(endpoint, body, |a: ActionRequest| backend.action(a.action))
         }
+        Endpoint::PostRestore => with_body(endpoint, body, |r: RestoreRequest| backend.restore(r)),
+        Endpoint::PostSnapshot => match decode::<SnapshotRequest>(endpoint, body) {
+            Ok(r) => match backend.snapshot(r) {
+                Ok(info) => Reply::json(200, &info),
+                Err(e) => backend_error(e),
+            },
+            Err(reply) => reply,
+        },
     }
 }
 

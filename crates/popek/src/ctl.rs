@@ -47,6 +47,20 @@ enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+    /// Write the VM into a new snapshot directory. A running VM is paused for the snapshot and
+    /// resumed after it.
+    Snapshot {
+        /// The directory (new or empty).
+        dir: PathBuf,
+        /// Only the pages written since the VM's previous snapshot.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Restore a snapshot into this VMM (created or stopped).
+    Restore {
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
     /// Set the whole configuration from a JSON file (before boot or when stopped).
     Configure {
         /// The file, with the schema of PUT /vm/config.
@@ -147,6 +161,46 @@ fn run(args: &CtlArgs) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        CtlCommand::Snapshot { dir, diff } => {
+            let dir = std::path::absolute(dir)?;
+            let info: wire::VmInfo = serde_json::from_str(&call(&client, "GET", "/vm", None)?)?;
+            let was_running = info.state == wire::VmState::Running;
+            if was_running {
+                action(&client, wire::Action::Pause)?;
+            }
+            let body = serde_json::to_string(&wire::SnapshotRequest {
+                dir: dir.display().to_string(),
+                diff: *diff,
+            })?;
+            let result = call(&client, "POST", "/vm/snapshot", Some(body));
+            if was_running {
+                action(&client, wire::Action::Resume)?;
+            }
+            let reply = result?;
+            if json {
+                println!("{reply}");
+            } else {
+                let i: wire::SnapshotInfo = serde_json::from_str(&reply)?;
+                println!(
+                    "{} snapshot in {}: {} pages of {} MiB written in {} ms",
+                    i.kind,
+                    dir.display(),
+                    i.pages_written,
+                    i.memory_bytes >> 20,
+                    i.duration_ms
+                );
+            }
+        }
+        CtlCommand::Restore { dir } => {
+            let dir = std::path::absolute(dir)?;
+            let body = serde_json::to_string(&wire::RestoreRequest {
+                dir: dir.display().to_string(),
+                disks: None,
+                nets: None,
+                serial: None,
+            })?;
+            call(&client, "POST", "/vm/restore", Some(body))?;
         }
         CtlCommand::Configure { file } => {
             let config = crate::api_mode::read_config(file)?;

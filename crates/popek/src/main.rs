@@ -13,6 +13,7 @@ use vmm::{Accel, ClockConfig, SerialConfig, VmOutcome, VmRequest};
 mod api_mode;
 mod ctl;
 mod disk;
+mod restore;
 
 /// Kernel command line when none is given: the console (and the early console) on COM1, reboot
 /// through the keyboard
@@ -46,6 +47,13 @@ enum Command {
     Vmm(api_mode::VmmArgs),
     /// Talk to a running VMM's API.
     Ctl(ctl::CtlArgs),
+    /// Resume a VM from a snapshot directory, in this process.
+    Restore(restore::RestoreArgs),
+    /// Work on snapshot directories.
+    Snapshot {
+        #[command(subcommand)]
+        action: restore::SnapshotCommand,
+    },
     /// Snapshots and rollback of a stopped VM's disk images (qcow2 overlays).
     Disk {
         #[command(subcommand)]
@@ -263,6 +271,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl(args) => ctl::main(args),
+        Command::Restore(args) => match restore::run(args) {
+            Ok(outcome) => {
+                if matches!(
+                    outcome,
+                    VmOutcome::EmulationFailure { .. } | VmOutcome::Failed(_)
+                ) {
+                    eprintln!("popek: {outcome}");
+                }
+                ExitCode::from(outcome.exit_status() as u8)
+            }
+            Err(e) => {
+                eprintln!("popek: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Snapshot { action } => match restore::snapshot(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("popek: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Command::Disk { action } => disk::main(action),
         Command::Image {
             action: ImageAction::Build,

@@ -169,4 +169,12 @@ impl Backend for Vmm {
     fn events(&self, since: u64) -> wire::EventList {
         Vmm::events(self).since(since)
     }
+
+    fn snapshot(&self, r: wire::SnapshotRequest) -> Result<wire::SnapshotInfo, BackendError> {
+        Ok(Vmm::snapshot(self, r)?)
+    }
+
+    fn restore(&self, r: wire::RestoreRequest) -> Result<(), BackendError> {
+        Ok(Vmm::restore(self, r)?)
+    }
 }

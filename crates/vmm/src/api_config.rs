@@ -117,6 +117,29 @@ pub fn config_error_field(e: &crate::ConfigError) -> Option<&'static str> {
     })
 }
 
+/// The API's form of a validated configuration (what a snapshot records).
+pub fn from_config(c: &crate::VmConfig) -> wire::VmConfig {
+    from_request(&VmRequest {
+        kernel: c.kernel.clone(),
+        initrd: c.initrd.clone(),
+        cmdline: c.cmdline.clone(),
+        cpus: c.cpus,
+        memory: format!("{}M", c.memory >> 20),
+        serial: c.serial.clone(),
+        hide_cpu_features: c
+            .hidden_features
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect(),
+        accel: c.accel,
+        clock: c.clock,
+        disks: c.disks.clone(),
+        nets: c.nets.clone(),
+        vsock: c.vsock.clone(),
+        rng: c.rng,
+    })
+}
+
 /// The API's form of a request the CLI built: what `GET /vm` shows for `popek run`.
 pub fn from_request(r: &VmRequest) -> wire::VmConfig {
     let path = |p: &PathBuf| p.display().to_string();

@@ -25,8 +25,15 @@ enum Command {
     Start(u64, Slot),
     /// Forget a worker, then drop it (after its fds are out of the epoll set).
     Stop(u64, Option<Box<dyn VirtioWorker>>),
+    /// Stay idle (no worker runs) until the receiver hears from the guard.
+    Hold(mpsc::Sender<()>, mpsc::Receiver<()>),
     /// End the thread.
     Exit,
+}
+
+/// While it lives, the device thread runs no worker: queues and guest memory stand still.
+pub struct Quiesced {
+    _release: mpsc::Sender<()>,
 }
 
 /// Epoll data of the thread's own wake-up eventfd.
@@ -81,6 +88,19 @@ impl DeviceThread {
     /// Gives the thread the VM, whose engine may take queue notifications without exits.
     pub fn set_vm(&self, vm: Arc<dyn Vm>) {
         let _ = self.vm.set(vm);
+    }
+
+    /// Waits until the device thread is between two workers' calls and keeps it there until
+    /// the guard is dropped.
+    pub fn quiesce(&self) -> Quiesced {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        self.send(Command::Hold(ack_tx, release_rx));
+        // An error means the thread is gone: nothing runs, which is what was asked.
+        let _ = ack_rx.recv();
+        Quiesced {
+            _release: release_tx,
+        }
     }
 
     /// Stops the thread and drops every worker.
@@ -204,6 +224,11 @@ impl Loop {
                 Command::Stop(id, worker) => {
                     self.unwatch(id);
                     drop(worker);
+                }
+                Command::Hold(ack, release) => {
+                    let _ = ack.send(());
+                    // Returns when the guard's sender is dropped.
+                    let _ = release.recv();
                 }
                 Command::Exit => return false,
             }

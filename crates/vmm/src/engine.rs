@@ -15,6 +15,8 @@ pub struct Engine {
     pub(crate) hypervisor: Box<dyn Hypervisor>,
     pub(crate) time: DeviceTime,
     fallback_reason: Option<String>,
+    /// The software CPU's local APICs (saved and restored by the VMM).
+    pub(crate) lapics: Option<Arc<EmuLapics>>,
 }
 
 impl Engine {
@@ -36,6 +38,7 @@ impl Engine {
             hypervisor: Box::new(kvm),
             time: DeviceTime::Host,
             fallback_reason: None,
+            lapics: None,
         }
     }
 
@@ -48,11 +51,12 @@ impl Engine {
         let apics = Arc::new(EmuLapics::new(time.clone()));
         Engine {
             hypervisor: Box::new(EmuHypervisor::new(EmuConfig {
-                apics,
+                apics: apics.clone(),
                 time: time.clone(),
             })),
             time: DeviceTime::Engine(time),
             fallback_reason,
+            lapics: Some(apics),
         }
     }
 

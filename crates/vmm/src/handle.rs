@@ -33,6 +33,7 @@ pub struct VmHandle {
     pub(crate) gate: Arc<PauseGate>,
     pub(crate) vcpus: Vec<VcpuHandle>,
     pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
+    pub(crate) parts: crate::snapshot::take::SnapshotParts,
 }
 
 impl VmHandle {
@@ -66,6 +67,16 @@ impl VmHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .press_power_button();
+    }
+
+    /// Writes the paused VM into `dir`: all of it, or with `diff` the pages written since the
+    /// last snapshot of this VM.
+    pub fn snapshot(
+        &self,
+        dir: &std::path::Path,
+        diff: bool,
+    ) -> Result<crate::snapshot::take::Taken, crate::snapshot::SnapshotError> {
+        crate::snapshot::take::take(&self.parts, &self.gate, self.vcpus.len(), dir, diff)
     }
 
     /// Instructions each vCPU ran on the software CPU as KVM's fallback.

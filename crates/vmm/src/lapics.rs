@@ -62,6 +62,35 @@ impl EmuLapics {
     }
 }
 
+impl EmuLapics {
+    /// Each APIC's state, in vCPU order.
+    pub fn save(&self) -> Vec<devices::lapic::LapicState> {
+        self.system
+            .slots()
+            .iter()
+            .map(|s| s.lock().save())
+            .collect()
+    }
+
+    /// Restores each APIC from `states` (one per vCPU, in order).
+    pub fn restore(
+        &self,
+        states: &[devices::lapic::LapicState],
+    ) -> Result<(), devices::StateError> {
+        let slots = self.system.slots();
+        if slots.len() != states.len() {
+            return Err(devices::StateError::Mismatch {
+                device: "lapic",
+                what: format!("{} APICs saved, {} vCPUs here", states.len(), slots.len()),
+            });
+        }
+        for (slot, state) in slots.iter().zip(states) {
+            slot.lock().restore(state)?;
+        }
+        Ok(())
+    }
+}
+
 impl System {
     fn slots(&self) -> Vec<Arc<Slot>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()

@@ -28,4 +28,4 @@ pub use config::{Accel, ClockConfig, ConfigError, SerialConfig, VmConfig, VmRequ
 pub use control::{RunReport, VmOutcome};
 pub use device_config::{DiskConfig, DiskFormat, NetBackendConfig, NetConfig, VsockConfig};
 pub use engine::Engine;
-pub use vm::{VmmError, run, run_observed, run_on};
+pub use vm::{RestoreFrom, VmmError, run, run_from, run_observed, run_on};

@@ -232,6 +232,98 @@ impl Vmm {
 
     /// Boots the configured VM (created or stopped); returns once its vCPUs run.
     pub fn boot(&self) -> Result<(), ManagerError> {
+        self.start(None)
+    }
+
+    /// Resumes the snapshot in `dir` (created or stopped), with a clone's own disks, NICs and
+    /// console when given; returns once its vCPUs run.
+    pub fn restore(&self, r: wire::RestoreRequest) -> Result<(), ManagerError> {
+        {
+            let inner = self.lock();
+            if !matches!(inner.state, VmState::Created | VmState::Stopped) {
+                return Err(ManagerError::wrong("restore a snapshot", inner.state));
+            }
+        }
+        let dir = std::path::PathBuf::from(&r.dir);
+        let (header, body): (_, crate::snapshot::state::Body) =
+            crate::snapshot::format::read_state(&dir).map_err(|e| ManagerError::Invalid {
+                message: e.to_string(),
+                field: Some("dir".into()),
+            })?;
+        if header.kind != crate::snapshot::Kind::Full {
+            return Err(ManagerError::Invalid {
+                message: format!(
+                    "{} is a diff snapshot: merge it with its base first (popek snapshot merge)",
+                    dir.display()
+                ),
+                field: Some("dir".into()),
+            });
+        }
+        let mut config = body.config.clone();
+        let count = |what: &str, have: usize, given: usize| {
+            if have == given {
+                Ok(())
+            } else {
+                Err(ManagerError::Invalid {
+                    message: format!("The snapshot has {have} {what}, {given} were given"),
+                    field: Some(what.into()),
+                })
+            }
+        };
+        if let Some(disks) = r.disks {
+            count("disks", config.disks.len(), disks.len())?;
+            config.disks = disks;
+        }
+        if let Some(nets) = r.nets {
+            count("nets", config.nets.len(), nets.len())?;
+            config.nets = nets;
+        }
+        if let Some(serial) = r.serial {
+            config.serial = serial;
+        }
+        config.machine.accel = match body.engine.as_str() {
+            "kvm" => wire::Accel::Kvm,
+            _ => wire::Accel::Emu,
+        };
+        self.lock().config = Some(config);
+        self.start(Some(crate::RestoreFrom { dir, body }))
+    }
+
+    /// `POST /vm/snapshot`.
+    pub fn snapshot(&self, r: wire::SnapshotRequest) -> Result<wire::SnapshotInfo, ManagerError> {
+        let inner = self.lock();
+        if inner.state != VmState::Paused {
+            return Err(ManagerError::wrong(
+                "take a snapshot (pause first)",
+                inner.state,
+            ));
+        }
+        let handle = inner
+            .handle
+            .clone()
+            .ok_or_else(|| ManagerError::wrong("take a snapshot", inner.state))?;
+        let start = Instant::now();
+        let taken = handle
+            .snapshot(std::path::Path::new(&r.dir), r.diff)
+            .map_err(|e| match e {
+                crate::snapshot::SnapshotError::Unusable(m) => ManagerError::Invalid {
+                    message: m,
+                    field: Some("dir".into()),
+                },
+                other => ManagerError::Failed(other.to_string()),
+            })?;
+        Ok(wire::SnapshotInfo {
+            kind: match taken.kind {
+                crate::snapshot::Kind::Full => "full".into(),
+                crate::snapshot::Kind::Diff => "diff".into(),
+            },
+            pages_written: taken.pages,
+            memory_bytes: taken.memory_bytes,
+            duration_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn start(&self, restore: Option<crate::RestoreFrom>) -> Result<(), ManagerError> {
         let mut inner = self.lock();
         if !matches!(inner.state, VmState::Created | VmState::Stopped) {
             return Err(ManagerError::wrong("boot", inner.state));
@@ -263,7 +355,7 @@ impl Vmm {
                     vmm: me.clone(),
                     generation,
                 };
-                let result = crate::run_observed(&config, engine, &observer);
+                let result = crate::run_from(&config, engine, &observer, restore.as_ref());
                 if let Some(vmm) = me.upgrade() {
                     vmm.ended(generation, result);
                 }

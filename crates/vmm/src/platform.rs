@@ -218,6 +218,8 @@ pub struct Platform {
     pub pci: Arc<Mutex<PciRoot>>,
     /// The ACPI PM registers, whose power button the API presses.
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The CMOS/RTC.
+    pub cmos: Arc<Mutex<Cmos>>,
 }
 
 impl Platform {
@@ -296,7 +298,7 @@ impl Platform {
                 Box::new(move || start + (time.now_ns() / 1_000_000_000) as i64)
             }
         };
-        let cmos = Cmos::new(memory.0, memory.1, wall_clock);
+        let cmos = Arc::new(Mutex::new(Cmos::new(memory.0, memory.1, wall_clock)));
 
         let mut pio = Bus::new();
         let shared = |d: Arc<Mutex<dyn devices::BusDevice>>| -> SharedDevice { d };
@@ -306,7 +308,7 @@ impl Platform {
             serial::SERIAL_PORTS,
         )?;
         pio.insert(acpi_pm.clone(), acpi_pm::ACPI_PM_BASE, acpi_pm::ACPI_PM_LEN)?;
-        pio.insert(Arc::new(Mutex::new(cmos)), cmos::CMOS_PORT, cmos::CMOS_LEN)?;
+        pio.insert(cmos.clone(), cmos::CMOS_PORT, cmos::CMOS_LEN)?;
         pio.insert(
             Arc::new(Mutex::new(DebugExit::new(vm_control.clone()))),
             debug_exit::DEBUG_EXIT_PORT,
@@ -344,6 +346,7 @@ impl Platform {
             doorbell,
             pci,
             acpi_pm,
+            cmos,
         })
     }
 

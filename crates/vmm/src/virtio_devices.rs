@@ -84,6 +84,8 @@ pub struct VirtioDevices {
     pub nics: Vec<NicInfo>,
     /// The transports, for snapshotting and inspection.
     pub transports: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// The disk images, to flush before a snapshot.
+    pub disks: Vec<Arc<Mutex<Box<dyn block::DiskImage>>>>,
 }
 
 impl Drop for VirtioDevices {
@@ -104,6 +106,7 @@ pub fn attach(
         stats: Vec::new(),
         nics: Vec::new(),
         transports: Vec::new(),
+        disks: Vec::new(),
     };
     let mut transports = Vec::new();
     let host: Arc<dyn WorkerHost> = thread;
@@ -133,6 +136,7 @@ pub fn attach(
             source,
         })?;
         let dev = Block::new(image);
+        out.disks.push(dev.disk());
         let stats = dev.stats();
         add(Box::new(dev))?;
         out.stats.push(("block", DeviceStats::Block(stats)));

@@ -45,6 +45,9 @@ pub enum VmmError {
     /// Device setup failed.
     #[error(transparent)]
     Platform(#[from] crate::platform::PlatformError),
+    /// A snapshot could not be restored.
+    #[error("Cannot restore the snapshot: {0}")]
+    Restore(String),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] crate::virtio_devices::VirtioSetupError),
@@ -94,6 +97,28 @@ pub fn run_observed(
     engine: Engine,
     observer: &dyn RunObserver,
 ) -> Result<RunReport, VmmError> {
+    run_from(config, engine, observer, None)
+}
+
+/// A snapshot to resume instead of booting.
+pub struct RestoreFrom {
+    /// The snapshot's directory.
+    pub dir: std::path::PathBuf,
+    /// Its state.
+    pub body: crate::snapshot::state::Body,
+}
+
+fn restore_err(what: &str) -> impl FnOnce(String) -> VmmError + '_ {
+    move |e| VmmError::Restore(format!("{what}: {e}"))
+}
+
+/// Builds the VM, boots it (or resumes `restore`), runs it, and reports why it ended.
+pub fn run_from(
+    config: &VmConfig,
+    engine: Engine,
+    observer: &dyn RunObserver,
+    restore: Option<&RestoreFrom>,
+) -> Result<RunReport, VmmError> {
     let hypervisor = engine.hypervisor.as_ref();
     if config.cpus > hypervisor.max_vcpus() {
         return Err(hypervisor::HypervisorError::TooManyVcpus {
@@ -103,12 +128,26 @@ pub fn run_observed(
         .into());
     }
     let layout = MemoryLayout::new(config.memory);
-    let mem = GuestMemoryMmap::from_ranges(&layout.ram_regions()).map_err(|e| {
-        VmmError::Memory(format!(
-            "{} ({e})",
-            crate::config::format_size(config.memory)
-        ))
-    })?;
+    let mem = match restore {
+        None => GuestMemoryMmap::from_ranges(&layout.ram_regions()).map_err(|e| {
+            VmmError::Memory(format!(
+                "{} ({e})",
+                crate::config::format_size(config.memory)
+            ))
+        })?,
+        Some(r) => {
+            let ranges = layout.ram_regions();
+            let ours: Vec<(u64, u64)> = ranges.iter().map(|(a, l)| (a.0, *l as u64)).collect();
+            if ours != r.body.ram {
+                return Err(VmmError::Restore(format!(
+                    "the snapshot's RAM layout {:x?} differs from this configuration's {ours:x?}",
+                    r.body.ram
+                )));
+            }
+            crate::snapshot::memory::map(&r.dir.join(crate::snapshot::format::MEMORY_FILE), &ranges)
+                .map_err(|e| VmmError::Restore(e.to_string()))?
+        }
+    };
 
     let control = Arc::new(Control::new().map_err(host("an eventfd"))?);
     let serial_out: Box<dyn Write + Send> = match &config.serial {
@@ -146,13 +185,29 @@ pub fn run_observed(
         unsafe { vm.map_memory(slot as u32, r) }?;
     }
 
-    let rsdp = arch::acpi::write_tables(&mem, &Platform::acpi(config.cpus))?;
-    let source = BootSource {
-        kernel: &config.kernel,
-        initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
+    let entry = match restore {
+        None => {
+            let rsdp = arch::acpi::write_tables(&mem, &Platform::acpi(config.cpus))?;
+            let source = BootSource {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+            };
+            Some(arch::boot::load(&mem, &layout, &source, rsdp)?)
+        }
+        Some(r) => {
+            vm.restore(&r.body.vm)
+                .map_err(|e| restore_err("engine")(e.to_string()))?;
+            if r.body.vcpus.len() != config.cpus as usize {
+                return Err(VmmError::Restore(format!(
+                    "the snapshot has {} vCPUs, the configuration {}",
+                    r.body.vcpus.len(),
+                    config.cpus
+                )));
+            }
+            None
+        }
     };
-    let entry = arch::boot::load(&mem, &layout, &source, rsdp)?;
 
     let supported = hypervisor.supported_cpuid()?;
     let policy = CpuidPolicy {
@@ -169,8 +224,12 @@ pub fn run_observed(
         vcpu.set_cpuid(&policy.for_vcpu(&supported, id))?;
         vcpu.set_msrs(&boot_msrs())?;
         vcpu.setup_local_apic()?;
-        if id == 0 {
-            setup_bsp(&mem, entry, vcpu.as_mut())?;
+        match (entry, restore) {
+            (Some(entry), _) if id == 0 => setup_bsp(&mem, entry, vcpu.as_mut())?,
+            (_, Some(r)) => vcpu
+                .restore(&r.body.vcpus[id as usize])
+                .map_err(|e| restore_err("vCPU")(e.to_string()))?,
+            _ => {}
         }
         stats.push(vcpu.stats());
         runners.push(VcpuRunner {
@@ -187,6 +246,10 @@ pub fn run_observed(
                 c
             },
         });
+    }
+
+    if let Some(r) = restore {
+        restore_devices(&platform, &virtio, engine.lapics.as_deref(), &r.body)?;
     }
 
     let stdin_console = config.serial == SerialConfig::Stdio;
@@ -224,6 +287,24 @@ pub fn run_observed(
         gate: gate.clone(),
         vcpus: handles.clone(),
         acpi_pm: platform.acpi_pm.clone(),
+        parts: crate::snapshot::take::SnapshotParts {
+            mem: mem.clone(),
+            vm: vm.clone(),
+            pic: platform.pic.clone(),
+            ioapic: platform.ioapic.clone(),
+            pit: platform.pit.clone(),
+            serial: platform.serial.clone(),
+            cmos: platform.cmos.clone(),
+            acpi_pm: platform.acpi_pm.clone(),
+            pci: platform.pci.clone(),
+            transports: virtio.transports.clone(),
+            disks: virtio.disks.clone(),
+            thread: virtio.thread.clone(),
+            lapics: engine.lapics.clone(),
+            engine: engine.name(),
+            config: crate::api_config::from_config(config),
+            last: std::sync::Mutex::new(None),
+        },
     }));
     tracing::info!(
         engine = engine.name(),
@@ -258,6 +339,56 @@ pub fn run_observed(
             .map(|s| s.emulated_instructions.load(Ordering::Relaxed))
             .collect(),
     })
+}
+
+/// Gives every device its saved state, in the order the devices need (see
+/// `docs/snapshot-format.md`).
+fn restore_devices(
+    platform: &Platform,
+    virtio: &crate::virtio_devices::VirtioDevices,
+    lapics: Option<&crate::lapics::EmuLapics>,
+    body: &crate::snapshot::state::Body,
+) -> Result<(), VmmError> {
+    fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    let d = &body.devices;
+    let e = |what: &'static str| {
+        move |e: devices::StateError| VmmError::Restore(format!("{what}: {e}"))
+    };
+    lock(&platform.pic).restore(&d.pic).map_err(e("PIC"))?;
+    lock(&platform.ioapic)
+        .restore(&d.ioapic)
+        .map_err(e("IOAPIC"))?;
+    match (lapics, body.lapics.is_empty()) {
+        (Some(l), _) => l.restore(&body.lapics).map_err(e("local APICs"))?,
+        (None, true) => {}
+        (None, false) => {
+            return Err(VmmError::Restore(
+                "the snapshot has software-CPU APICs but the engine keeps its own".into(),
+            ));
+        }
+    }
+    lock(&platform.pit).restore(&d.pit).map_err(e("PIT"))?;
+    lock(&platform.serial)
+        .restore(&d.serial)
+        .map_err(e("serial"))?;
+    lock(&platform.cmos).restore(&d.cmos).map_err(e("CMOS"))?;
+    lock(&platform.acpi_pm)
+        .restore(&d.acpi_pm)
+        .map_err(e("ACPI PM"))?;
+    if d.virtio.len() != virtio.transports.len() {
+        return Err(VmmError::Restore(format!(
+            "the snapshot has {} virtio devices, the configuration {}",
+            d.virtio.len(),
+            virtio.transports.len()
+        )));
+    }
+    for (t, s) in virtio.transports.iter().zip(&d.virtio) {
+        lock(t).restore(s).map_err(e("virtio device"))?;
+    }
+    lock(&platform.pci).restore(&d.pci).map_err(e("PCI"))?;
+    Ok(())
 }
 
 fn setup_bsp(mem: &GuestMemoryMmap, entry: BootEntry, vcpu: &mut dyn Vcpu) -> Result<(), VmmError> {
