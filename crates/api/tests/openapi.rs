@@ -63,6 +63,9 @@ fn type_schemas() -> BTreeMap<String, Value> {
         Event,
         EventKind,
         EventList,
+        SnapshotRequest,
+        SnapshotInfo,
+        RestoreRequest,
         ApiError,
     );
     all.into_iter()
@@ -237,6 +240,13 @@ fn operations_name_the_bodies_the_server_reads_and_writes() {
         ("post", "/vm/actions", Some("ActionRequest"), None),
         ("get", "/vm/counters", None, Some("VmCounters")),
         ("get", "/vm/events", None, Some("EventList")),
+        (
+            "post",
+            "/vm/snapshot",
+            Some("SnapshotRequest"),
+            Some("SnapshotInfo"),
+        ),
+        ("post", "/vm/restore", Some("RestoreRequest"), None),
     ];
     let schema_ref = |v: &Value| {
         v["content"]["application/json"]["schema"]["$ref"]
