@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = concat!(
     "usage: cargo xtask <guest | test [TESTNAME] | ",
-    "bench <startup | cpu | linux-boot | block [CASE] | api>>"
+    "bench <startup | cpu | linux-boot | block [CASE] | api | snapshot>>"
 );
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             Some("linux-boot") => bench::linux_boot::run(),
             Some("block") => bench::block::run(args.get(2).map(String::as_str)),
             Some("api") => bench::api::run(),
+            Some("snapshot") => bench::snapshot::run(),
             Some(other) => bail!("unknown benchmark '{other}'\n{USAGE}"),
             None => bail!("which benchmark?\n{USAGE}"),
         },

@@ -186,7 +186,7 @@ fn instruction_clock_implies_the_software_cpu_and_refuses_kvm() {
         Guest::Hello.path(),
         &["--clock", "instructions", "--verbose"],
     );
-    assert_eq!(r.stderr, "popek: engine emu\n");
+    assert!(r.stderr.starts_with("popek: engine emu\n"), "{}", r.stderr);
     assert_eq!(r.status, Some(0));
     let r = boot(
         Guest::Hello.path(),

@@ -7,6 +7,7 @@ pub mod api;
 pub mod block;
 pub mod cpu;
 pub mod linux_boot;
+pub mod snapshot;
 pub mod startup;
 
 use std::process::{Command, Stdio};
