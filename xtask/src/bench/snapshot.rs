@@ -29,6 +29,9 @@
 //! `-incoming "exec:cat FILE"`, `query-status` over QMP every ms until the stream is loaded
 //! (`paused`), `cont`, then the same next line. Its clones read the whole file into memory of
 //! their own, so their PSS is about the touched RAM each.
+//!
+//! Snapshots go to the temporary directory (`TMPDIR`, else /tmp): on a disk, fsync costs time;
+//! on a tmpfs it costs none.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -67,7 +70,7 @@ const CASES: [Case; 2] = [
         name: "1g",
         memory_mib: 1024,
         touch_mib: 900,
-        runs: 3,
+        runs: 5,
         clones: false,
     },
 ];
@@ -104,7 +107,8 @@ struct Running {
 
 impl Running {
     fn spawn(cmd: &mut Command, name: &str, stderr: PathBuf) -> anyhow::Result<Self> {
-        let err = File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        let err =
+            File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
         let child = cmd
             .spawn()
@@ -142,8 +146,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("popek-bench-snapshot-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("popek-bench-snapshot-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
@@ -196,7 +199,12 @@ fn ticks(line: &str) -> anyhow::Result<u64> {
 /// Fails on the guest's failure lines (a restore that lost memory says `memory mismatch`).
 fn check_serial(name: &str, serial: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(serial).unwrap_or_default();
-    for bad in ["memory mismatch", "exceeds RAM", "bad value", "unexpected vector"] {
+    for bad in [
+        "memory mismatch",
+        "exceeds RAM",
+        "bad value",
+        "unexpected vector",
+    ] {
         if let Some(l) = text.lines().find(|l| l.contains(bad)) {
             bail!("{name}: the counter guest failed: {l}");
         }
@@ -340,6 +348,16 @@ impl Side {
     }
     fn restore_line(&self) -> f64 {
         med(self.restores.iter().map(|r| ms(r.line)))
+    }
+    /// The fastest and slowest restore to the next line.
+    fn restore_line_range(&self) -> (f64, f64) {
+        let v = self.restores.iter().map(|r| ms(r.line));
+        (v.clone().fold(f64::MAX, f64::min), v.fold(0.0, f64::max))
+    }
+    /// The fastest and slowest snapshot.
+    fn snap_wall_range(&self) -> (f64, f64) {
+        let v = self.snaps.iter().map(|s| ms(s.wall));
+        (v.clone().fold(f64::MAX, f64::min), v.fold(0.0, f64::max))
     }
     /// The last snapshot's files (they are all the same size).
     fn last(&self) -> &Snap {
@@ -750,10 +768,21 @@ fn qemu_snapshots(case: &Case, scratch: &Scratch) -> anyhow::Result<(Side, PathB
                 && matches!(e["data"]["status"].as_str(), Some("completed" | "failed"))
         })?;
         let wall = start.elapsed();
-        let info = qmp.execute("query-migrate", None)?;
-        if done["data"]["status"] != "completed" || info["status"] != "completed" {
-            bail!("QEMU migrate to {}: {info}", file.display());
+        if done["data"]["status"] != "completed" {
+            bail!("QEMU migrate to {}: {done}", file.display());
         }
+        // QEMU sends the event before it sets `total-time`: ask until it is there.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let info = loop {
+            let info = qmp.execute("query-migrate", None)?;
+            if info["status"] != "completed" {
+                bail!("QEMU migrate to {}: {info}", file.display());
+            }
+            if info["total-time"].as_u64().is_some_and(|t| t > 0) || Instant::now() > give_up {
+                break info;
+            }
+            std::thread::sleep(STATE_POLL);
+        };
         wait_written(&file)?;
         let t = Instant::now();
         File::open(&file)?.sync_all()?;
@@ -797,7 +826,10 @@ fn qemu_restore_one(
         }
         vm.check_alive()?;
         if Instant::now() > give_up {
-            bail!("{}: the incoming migration took over {RESTORE_TIMEOUT:?}", vm.name);
+            bail!(
+                "{}: the incoming migration took over {RESTORE_TIMEOUT:?}",
+                vm.name
+            );
         }
         std::thread::sleep(STATE_POLL);
     };
@@ -958,8 +990,8 @@ fn report(results: &[(&Case, Side, Side)], qemu_version: &str, total: Duration) 
          migrate \"exec:cat > FILE\" (max-bandwidth unlimited, no fsync)"
     );
     println!(
-        "  case                     runs   wall ms  reported ms  fsync ms  file MiB (apparent / \
-         allocated)  state.json KiB"
+        "  case                     runs   wall ms  (min - max)      reported ms  fsync ms  \
+         file MiB (apparent / allocated)  state.json KiB"
     );
     for (case, ours, theirs) in results {
         let label = format!("{} MiB, touch={}", case.memory_mib, case.touch_mib);
@@ -975,8 +1007,10 @@ fn report(results: &[(&Case, Side, Side)], qemu_version: &str, total: Duration) 
             } else {
                 "             -".into()
             };
+            let (lo, hi) = side.snap_wall_range();
             println!(
-                "  {label:18} {name:5} {:4} {:9.1} {:12.0} {fsync}  {:9.1} / {:9.1}          {state}",
+                "  {label:18} {name:5} {:4} {:9.1}  ({lo:6.1} - {hi:6.1}) {:12.0} {fsync}  \
+                 {:9.1} / {:9.1}          {state}",
                 side.snaps.len(),
                 side.snap_wall(),
                 side.snap_reported(),
@@ -996,17 +1030,19 @@ fn report(results: &[(&Case, Side, Side)], qemu_version: &str, total: Duration) 
         "  restore to running: from exec; popek restore DIR --serial file:F --api-socket S \
          (GET /vm running); QEMU -incoming \"exec:cat FILE\" (loaded, cont answered)"
     );
-    println!("  case                     runs  loaded ms  running ms  next line ms");
+    println!("  case                     runs  loaded ms  running ms  next line ms  (min - max)");
     for (case, ours, theirs) in results {
         let label = format!("{} MiB, touch={}", case.memory_mib, case.touch_mib);
+        let (lo, hi) = ours.restore_line_range();
         println!(
-            "  {label:18} popek {:4}          - {:11.1} {:13.1}",
+            "  {label:18} popek {:4}          - {:11.1} {:13.1}  ({lo:6.1} - {hi:6.1})",
             ours.restores.len(),
             ours.restore_running(),
             ours.restore_line()
         );
+        let (lo, hi) = theirs.restore_line_range();
         println!(
-            "  {label:18} qemu  {:4} {:10.1} {:11.1} {:13.1}",
+            "  {label:18} qemu  {:4} {:10.1} {:11.1} {:13.1}  ({lo:6.1} - {hi:6.1})",
             theirs.restores.len(),
             theirs.restore_loaded(),
             theirs.restore_running(),
@@ -1058,6 +1094,11 @@ fn report(results: &[(&Case, Side, Side)], qemu_version: &str, total: Duration) 
                 o.n
             );
         }
+        println!(
+            "  (popek maps the memory file privately and lazily: a clone's PSS is what its guest \
+             touched since the restore plus its share of the file pages the clones mapped; QEMU \
+             reads the whole stream into each clone's own memory)"
+        );
     }
 
     for (case, ours, theirs) in results {
@@ -1125,7 +1166,11 @@ fn report(results: &[(&Case, Side, Side)], qemu_version: &str, total: Duration) 
                     mib(cl.rss_kib.iter().sum()),
                     "MiB",
                 );
-                f(&format!("clones{n}_{name}_pss_over_ram"), pss / ram, "ratio");
+                f(
+                    &format!("clones{n}_{name}_pss_over_ram"),
+                    pss / ram,
+                    "ratio",
+                );
             }
             f(&format!("clones{n}_guest_ram_sum"), ram, "MiB");
             f(

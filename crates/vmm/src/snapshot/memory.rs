@@ -20,6 +20,8 @@ use super::format::SnapshotError;
 
 /// Page size of the memory file and the dirty bitmaps.
 pub const PAGE: usize = 4096;
+/// Most pages written by one call (2 MiB).
+const RUN: usize = 512;
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_path_buf();
@@ -56,18 +58,41 @@ pub fn write(
     let mut written = 0u64;
     for region in mem.iter() {
         let pages = (region.len() as usize).div_ceil(PAGE);
+        // Runs of adjacent pages to write go out in one call each (up to RUN pages).
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |run: (usize, usize)| -> Result<(), SnapshotError> {
+            let (first, n) = run;
+            let len = (region.len() as usize - first * PAGE).min(n * PAGE);
+            // SAFETY: as in `page`: the range lies inside the region's mapping, and the vCPUs
+            // and the devices are stopped while a snapshot is written.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(region.as_ptr().add(first * PAGE), len) };
+            file.write_all_at(bytes, offset + (first * PAGE) as u64)
+                .map_err(io(path, "cannot write"))
+        };
         for i in 0..pages {
             let global = (offset / PAGE as u64) + i as u64;
-            if !want(global) {
-                continue;
+            let keep = want(global) && page(region, i).iter().any(|&b| b != 0);
+            match (keep, run) {
+                (true, Some((first, n))) if first + n == i && n < RUN => run = Some((first, n + 1)),
+                (true, _) => {
+                    if let Some(r) = run {
+                        flush(r)?;
+                    }
+                    run = Some((i, 1));
+                }
+                (false, Some(r)) => {
+                    flush(r)?;
+                    run = None;
+                }
+                (false, None) => {}
             }
-            let bytes = page(region, i);
-            if bytes.iter().all(|&b| b == 0) {
-                continue;
+            if keep {
+                written += 1;
             }
-            file.write_all_at(bytes, offset + (i * PAGE) as u64)
-                .map_err(io(path, "cannot write"))?;
-            written += 1;
+        }
+        if let Some(r) = run {
+            flush(r)?;
         }
         offset += region.len();
     }
