@@ -4,10 +4,10 @@
 //! the epilogue (whose `fxsave` it does not need: it reads its state directly), at an exception
 //! stub's port write, or after [`STEP_LIMIT`] instructions.
 
-use hypervisor::{SegmentRegister, SpecialRegisters, TableRegister};
+use hypervisor::emu::convert::{sregs_from_state, sregs_into_state};
 use iced_x86::{Decoder, DecoderOptions};
-use x86_cpu::state::{DescriptorTable, X87};
-use x86_cpu::{Cpu, CpuBus, CpuState, SegReg, Segment, StepExit};
+use x86_cpu::state::X87;
+use x86_cpu::{Cpu, CpuBus, CpuState, StepExit};
 
 use crate::case::{CaseInput, End, FxState, Snapshot, TEST_START, compared_memory};
 use crate::flags::{FlagTracker, Undefined};
@@ -151,7 +151,7 @@ impl SoftSide {
         let snap = Snapshot {
             end,
             regs: machine::user_regs(&s.gpr, s.rip, s.rflags),
-            sregs: sregs_of(s),
+            sregs: sregs_from_state(s, 0),
             mem: compared_memory(&self.bus.mem),
             fx,
         };
@@ -184,29 +184,7 @@ fn initial_state(case: &CaseInput) -> CpuState {
         rflags: case.rflags,
         ..CpuState::default()
     };
-    let r = &case.sregs;
-    s.seg[SegReg::Es as usize] = segment_from(&r.es);
-    s.seg[SegReg::Cs as usize] = segment_from(&r.cs);
-    s.seg[SegReg::Ss as usize] = segment_from(&r.ss);
-    s.seg[SegReg::Ds as usize] = segment_from(&r.ds);
-    s.seg[SegReg::Fs as usize] = segment_from(&r.fs);
-    s.seg[SegReg::Gs as usize] = segment_from(&r.gs);
-    s.tr = segment_from(&r.tr);
-    s.ldtr = segment_from(&r.ldt);
-    s.gdtr = DescriptorTable {
-        base: r.gdt.base,
-        limit: r.gdt.limit,
-    };
-    s.idtr = DescriptorTable {
-        base: r.idt.base,
-        limit: r.idt.limit,
-    };
-    s.cr0 = r.cr0;
-    s.cr2 = r.cr2;
-    s.cr3 = r.cr3;
-    s.cr4 = r.cr4;
-    s.cr8 = r.cr8;
-    s.efer = r.efer;
+    sregs_into_state(&case.sregs, &mut s);
     s.xmm = case.xmm;
     s.mxcsr = case.mxcsr;
     s.x87 = X87 {
@@ -214,68 +192,6 @@ fn initial_state(case: &CaseInput) -> CpuState {
         ..X87::default()
     };
     s
-}
-
-fn segment_from(r: &SegmentRegister) -> Segment {
-    Segment {
-        selector: r.selector,
-        base: r.base,
-        limit: r.limit,
-        type_: r.type_,
-        s: r.s,
-        dpl: r.dpl,
-        present: r.present,
-        avl: r.avl,
-        l: r.l,
-        db: r.db,
-        g: r.g,
-        unusable: r.unusable,
-    }
-}
-
-fn segment_to(s: &Segment) -> SegmentRegister {
-    SegmentRegister {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-    }
-}
-
-fn sregs_of(s: &CpuState) -> SpecialRegisters {
-    SpecialRegisters {
-        cs: segment_to(s.seg(SegReg::Cs)),
-        ds: segment_to(s.seg(SegReg::Ds)),
-        es: segment_to(s.seg(SegReg::Es)),
-        fs: segment_to(s.seg(SegReg::Fs)),
-        gs: segment_to(s.seg(SegReg::Gs)),
-        ss: segment_to(s.seg(SegReg::Ss)),
-        tr: segment_to(&s.tr),
-        ldt: segment_to(&s.ldtr),
-        gdt: TableRegister {
-            base: s.gdtr.base,
-            limit: s.gdtr.limit,
-        },
-        idt: TableRegister {
-            base: s.idtr.base,
-            limit: s.idtr.limit,
-        },
-        cr0: s.cr0,
-        cr2: s.cr2,
-        cr3: s.cr3,
-        cr4: s.cr4,
-        cr8: s.cr8,
-        efer: s.efer,
-        apic_base: 0,
-    }
 }
 
 /// The x87/SSE state in FXSAVE's terms: ST(i) in stack order, the abridged tag word.

@@ -14,7 +14,8 @@ const RBP: usize = 5;
 const RSI: usize = 6;
 const RDI: usize = 7;
 
-pub(crate) fn regs_from_state(s: &CpuState) -> StandardRegisters {
+/// The general registers, RIP and RFLAGS.
+pub fn regs_from_state(s: &CpuState) -> StandardRegisters {
     let g = &s.gpr;
     StandardRegisters {
         rax: g[RAX],
@@ -38,7 +39,8 @@ pub(crate) fn regs_from_state(s: &CpuState) -> StandardRegisters {
     }
 }
 
-pub(crate) fn regs_into_state(r: &StandardRegisters, s: &mut CpuState) {
+/// Sets the general registers, RIP and RFLAGS.
+pub fn regs_into_state(r: &StandardRegisters, s: &mut CpuState) {
     s.gpr = [
         r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
         r.r13, r.r14, r.r15,
@@ -83,7 +85,7 @@ fn segment_into_state(r: &SegmentRegister) -> Segment {
 }
 
 /// The special registers; `apic_base` comes from the local APIC, not from the CPU.
-pub(crate) fn sregs_from_state(s: &CpuState, apic_base: u64) -> SpecialRegisters {
+pub fn sregs_from_state(s: &CpuState, apic_base: u64) -> SpecialRegisters {
     let seg = |r: SegReg| segment_from_state(s.seg(r));
     SpecialRegisters {
         cs: seg(SegReg::Cs),
@@ -113,7 +115,7 @@ pub(crate) fn sregs_from_state(s: &CpuState, apic_base: u64) -> SpecialRegisters
 }
 
 /// Writes everything but `apic_base`, which the caller gives the local APIC.
-pub(crate) fn sregs_into_state(r: &SpecialRegisters, s: &mut CpuState) {
+pub fn sregs_into_state(r: &SpecialRegisters, s: &mut CpuState) {
     for (reg, value) in [
         (SegReg::Cs, &r.cs),
         (SegReg::Ds, &r.ds),

@@ -14,7 +14,7 @@
 //!   sleeps on a condition variable until an interrupt, a kick or a timer deadline.
 
 mod bus;
-pub(crate) mod convert;
+pub mod convert;
 mod cpuid;
 mod time;
 mod vcpu;

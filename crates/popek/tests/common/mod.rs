@@ -88,3 +88,29 @@ pub fn kvm_usable() -> bool {
         }
     }
 }
+
+/// Checks the memory guest's report for a 5 GiB VM: all of RAM but the 384 KiB legacy hole
+/// and the guest's own pages verified, up to the top of RAM above 4 GiB.
+pub fn check_memory_report(r: &Run) {
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("memory: verified"))
+        .map(str::to_string);
+    let line = line.unwrap_or_else(|| panic!("stdout {:?} stderr {:?}", r.stdout, r.stderr));
+    let pages: u64 = line
+        .split(' ')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("page count");
+    assert!(
+        pages > (5 << 30) / 4096 - 1024 && pages <= (5 << 30) / 4096,
+        "{line}"
+    );
+    let highest = line
+        .rsplit(' ')
+        .next()
+        .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+    assert!(highest.is_some_and(|h| h >= 0x1_4000_0000 - 4096), "{line}");
+    assert_eq!(r.status, Some(0));
+}
