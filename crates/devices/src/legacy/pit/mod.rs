@@ -214,18 +214,24 @@ mod tests {
     use crate::bus::Bus;
     use crate::testing::{MockClock, MockIrq, MockTimer};
 
-    struct Machine {
-        bus: Bus,
-        pit: Arc<Mutex<Pit>>,
-        clock: Arc<MockClock>,
-        timer: Arc<MockTimer>,
-        irq: Arc<MockIrq>,
+    /// A PIT on a port bus, with a mock clock, timer and IRQ line.
+    pub(in crate::legacy::pit) struct Machine {
+        pub(in crate::legacy::pit) bus: Bus,
+        pub(in crate::legacy::pit) pit: Arc<Mutex<Pit>>,
+        pub(in crate::legacy::pit) clock: Arc<MockClock>,
+        pub(in crate::legacy::pit) timer: Arc<MockTimer>,
+        pub(in crate::legacy::pit) irq: Arc<MockIrq>,
     }
 
     impl Machine {
         fn new() -> Self {
+            Self::at(1_000_000_000)
+        }
+
+        /// A PIT whose clock starts at `origin`.
+        pub(in crate::legacy::pit) fn at(origin: u64) -> Self {
             let clock = Arc::new(MockClock::default());
-            clock.set(1_000_000_000);
+            clock.set(origin);
             let timer = Arc::new(MockTimer::default());
             let irq = Arc::new(MockIrq::default());
             let pit = Arc::new(Mutex::new(Pit::new(
@@ -246,25 +252,25 @@ mod tests {
             }
         }
 
-        fn outb(&self, port: u64, v: u8) {
+        pub(in crate::legacy::pit) fn outb(&self, port: u64, v: u8) {
             self.bus.write(port, &[v]);
         }
 
-        fn inb(&self, port: u64) -> u8 {
+        pub(in crate::legacy::pit) fn inb(&self, port: u64) -> u8 {
             let mut b = [0];
             self.bus.read(port, &mut b);
             b[0]
         }
 
         /// Programs `channel` in `mode`, low-then-high access, with `count`.
-        fn program(&self, channel: u8, mode: u8, count: u16) {
+        pub(in crate::legacy::pit) fn program(&self, channel: u8, mode: u8, count: u16) {
             self.outb(0x43, (channel << 6) | 0x30 | (mode << 1));
             let [lo, hi] = count.to_le_bytes();
             self.outb(0x40 + u64::from(channel), lo);
             self.outb(0x40 + u64::from(channel), hi);
         }
 
-        fn read_count(&self, channel: u8) -> u16 {
+        pub(in crate::legacy::pit) fn read_count(&self, channel: u8) -> u16 {
             self.outb(0x43, channel << 6);
             let port = 0x40 + u64::from(channel);
             u16::from_le_bytes([self.inb(port), self.inb(port)])

@@ -222,66 +222,18 @@ impl Pit {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::super::channel::ns_for_ticks;
     use super::*;
-    use crate::bus::Bus;
     use crate::legacy::lock;
-    use crate::testing::{MockClock, MockIrq, MockTimer};
 
-    struct Machine {
-        bus: Bus,
-        pit: Arc<Mutex<Pit>>,
-        clock: Arc<MockClock>,
-        timer: Arc<MockTimer>,
-        irq: Arc<MockIrq>,
-    }
+    use super::super::tests::Machine;
 
     /// A PIT whose clock starts at `origin`.
     fn machine(origin: u64) -> Machine {
-        let clock = Arc::new(MockClock::default());
-        clock.set(origin);
-        let timer = Arc::new(MockTimer::default());
-        let irq = Arc::new(MockIrq::default());
-        let pit = Arc::new(Mutex::new(Pit::new(
-            clock.clone(),
-            timer.clone(),
-            irq.clone(),
-        )));
-        let mut bus = Bus::new();
-        for e in Pit::bus_entries(&pit) {
-            bus.insert(e.device, e.base, e.len).unwrap();
-        }
-        Machine {
-            bus,
-            pit,
-            clock,
-            timer,
-            irq,
-        }
+        Machine::at(origin)
     }
 
     impl Machine {
-        fn outb(&self, port: u64, v: u8) {
-            self.bus.write(port, &[v]);
-        }
-        fn inb(&self, port: u64) -> u8 {
-            let mut b = [0];
-            self.bus.read(port, &mut b);
-            b[0]
-        }
-        fn program(&self, channel: u8, mode: u8, count: u16) {
-            self.outb(0x43, (channel << 6) | 0x30 | (mode << 1));
-            let [lo, hi] = count.to_le_bytes();
-            self.outb(0x40 + u64::from(channel), lo);
-            self.outb(0x40 + u64::from(channel), hi);
-        }
-        fn read_count(&self, channel: u8) -> u16 {
-            self.outb(0x43, channel << 6);
-            let port = 0x40 + u64::from(channel);
-            u16::from_le_bytes([self.inb(port), self.inb(port)])
-        }
         fn save(&self) -> PitState {
             lock(&self.pit).save()
         }

@@ -160,8 +160,9 @@ mod tests {
     const LSR: u64 = 5;
     const MCR: u64 = 4;
 
+    /// The serial output, readable by the test.
     #[derive(Clone, Default)]
-    struct SharedOut(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct SharedOut(pub(super) Arc<Mutex<Vec<u8>>>);
     impl Write for SharedOut {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -172,13 +173,13 @@ mod tests {
         }
     }
 
-    fn serial() -> (Serial, Arc<MockIrq>, SharedOut) {
+    pub(super) fn serial() -> (Serial, Arc<MockIrq>, SharedOut) {
         let irq = Arc::new(MockIrq::default());
         let out = SharedOut::default();
         (Serial::new(irq.clone(), Box::new(out.clone())), irq, out)
     }
 
-    fn inb(s: &mut Serial, offset: u64) -> u8 {
+    pub(super) fn inb(s: &mut Serial, offset: u64) -> u8 {
         let mut b = [0];
         s.read(offset, &mut b);
         b[0]

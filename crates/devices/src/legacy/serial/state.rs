@@ -107,12 +107,8 @@ impl Serial {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
     use super::*;
     use crate::bus::BusDevice;
-    use crate::testing::MockIrq;
 
     const RBR: u64 = 0;
     const IER: u64 = 1;
@@ -121,29 +117,7 @@ mod tests {
     const LSR: u64 = 5;
     const SCR: u64 = 7;
 
-    #[derive(Clone, Default)]
-    struct SharedOut(Arc<Mutex<Vec<u8>>>);
-    impl Write for SharedOut {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn serial() -> (Serial, Arc<MockIrq>, SharedOut) {
-        let irq = Arc::new(MockIrq::default());
-        let out = SharedOut::default();
-        (Serial::new(irq.clone(), Box::new(out.clone())), irq, out)
-    }
-
-    fn inb(s: &mut Serial, offset: u64) -> u8 {
-        let mut b = [0];
-        s.read(offset, &mut b);
-        b[0]
-    }
+    use super::super::tests::{inb, serial};
 
     #[test]
     fn restore_keeps_registers_fifo_and_waiting_input() {
