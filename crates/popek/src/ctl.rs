@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use api::client::Client;
 use api_types as wire;
 use clap::Subcommand;
@@ -212,44 +212,16 @@ fn run(args: &CtlArgs) -> anyhow::Result<()> {
             )?;
         }
         CtlCommand::AddDisk { spec } => {
-            let d: vmm::DiskConfig = spec.parse()?;
-            let disk = wire::DiskConfig {
-                path: d.path.display().to_string(),
-                format: d.format.map(|f| match f {
-                    vmm::DiskFormat::Raw => wire::DiskFormat::Raw,
-                    vmm::DiskFormat::Qcow2 => wire::DiskFormat::Qcow2,
-                }),
-                readonly: d.read_only,
-            };
+            let disk = vmm::api_config::wire_disk(&spec.parse()?);
             let n = current_config(&client)?.disks.len();
-            call(
-                &client,
-                "PUT",
-                &format!("/vm/config/disks/{n}"),
-                Some(serde_json::to_string(&disk)?),
-            )?;
+            let body = serde_json::to_string(&disk)?;
+            call(&client, "PUT", &format!("/vm/config/disks/{n}"), Some(body))?;
         }
         CtlCommand::AddNet { spec } => {
-            let mut net = wire::NetConfig {
-                tap: None,
-                bridge: None,
-                mac: None,
-            };
-            for (k, v) in spec.split(',').filter_map(|p| p.split_once('=')) {
-                match k {
-                    "tap" => net.tap = Some(v.into()),
-                    "bridge" => net.bridge = Some(v.into()),
-                    "mac" => net.mac = Some(v.into()),
-                    _ => bail!("Unknown NIC option '{k}': use tap=, bridge= and mac="),
-                }
-            }
+            let net = vmm::api_config::wire_net(&spec.parse()?);
             let n = current_config(&client)?.nets.len();
-            call(
-                &client,
-                "PUT",
-                &format!("/vm/config/nets/{n}"),
-                Some(serde_json::to_string(&net)?),
-            )?;
+            let body = serde_json::to_string(&net)?;
+            call(&client, "PUT", &format!("/vm/config/nets/{n}"), Some(body))?;
         }
     }
     Ok(())

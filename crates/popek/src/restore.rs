@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use vmm::VmOutcome;
+use vmm::api_config::{wire_disk, wire_net, wire_serial};
 use vmm::manager::Vmm;
 
 /// `popek restore`.
@@ -44,43 +45,15 @@ pub enum SnapshotCommand {
 }
 
 fn disk(spec: &str) -> anyhow::Result<api_types::DiskConfig> {
-    let d: vmm::DiskConfig = spec.parse()?;
-    Ok(api_types::DiskConfig {
-        path: d.path.display().to_string(),
-        format: d.format.map(|f| match f {
-            vmm::DiskFormat::Raw => api_types::DiskFormat::Raw,
-            vmm::DiskFormat::Qcow2 => api_types::DiskFormat::Qcow2,
-        }),
-        readonly: d.read_only,
-    })
+    Ok(wire_disk(&spec.parse()?))
 }
 
 fn net(spec: &str) -> anyhow::Result<api_types::NetConfig> {
-    // Parsed for its errors; the API takes the pieces.
-    let _: vmm::NetConfig = spec.parse()?;
-    let mut n = api_types::NetConfig {
-        tap: None,
-        bridge: None,
-        mac: None,
-    };
-    for (k, v) in spec.split(',').filter_map(|p| p.split_once('=')) {
-        match k {
-            "tap" => n.tap = Some(v.into()),
-            "bridge" => n.bridge = Some(v.into()),
-            _ => n.mac = Some(v.into()),
-        }
-    }
-    Ok(n)
+    Ok(wire_net(&spec.parse()?))
 }
 
 fn serial(spec: &str) -> anyhow::Result<api_types::SerialConfig> {
-    Ok(match spec.parse::<vmm::SerialConfig>()? {
-        vmm::SerialConfig::Stdio => api_types::SerialConfig::Stdio,
-        vmm::SerialConfig::None => api_types::SerialConfig::None,
-        vmm::SerialConfig::File(p) => api_types::SerialConfig::File {
-            path: p.display().to_string(),
-        },
-    })
+    Ok(wire_serial(&spec.parse()?))
 }
 
 /// Restores the snapshot and runs it to its end.

@@ -117,6 +117,47 @@ pub fn config_error_field(e: &crate::ConfigError) -> Option<&'static str> {
     })
 }
 
+/// The API's form of a `--disk`.
+pub fn wire_disk(d: &DiskConfig) -> wire::DiskConfig {
+    wire::DiskConfig {
+        path: d.path.display().to_string(),
+        format: d.format.map(|f| match f {
+            DiskFormat::Raw => wire::DiskFormat::Raw,
+            DiskFormat::Qcow2 => wire::DiskFormat::Qcow2,
+        }),
+        readonly: d.read_only,
+    }
+}
+
+/// The API's form of a `--net`.
+pub fn wire_net(n: &NetConfig) -> wire::NetConfig {
+    let (tap, bridge) = match &n.backend {
+        NetBackendConfig::Tap(t) => (Some(t.clone()), None),
+        NetBackendConfig::Bridge { bridge, tap } => (tap.clone(), Some(bridge.clone())),
+    };
+    wire::NetConfig {
+        tap,
+        bridge,
+        mac: n.mac.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        }),
+    }
+}
+
+/// The API's form of a `--serial`.
+pub fn wire_serial(s: &SerialConfig) -> wire::SerialConfig {
+    match s {
+        SerialConfig::None => wire::SerialConfig::None,
+        SerialConfig::Stdio => wire::SerialConfig::Stdio,
+        SerialConfig::File(p) => wire::SerialConfig::File {
+            path: p.display().to_string(),
+        },
+    }
+}
+
 /// The API's form of a validated configuration (what a snapshot records).
 pub fn from_config(c: &crate::VmConfig) -> wire::VmConfig {
     from_request(&VmRequest {
@@ -159,47 +200,13 @@ pub fn from_request(r: &VmRequest) -> wire::VmConfig {
             initrd: r.initrd.as_ref().map(path),
             cmdline: Some(r.cmdline.clone()),
         },
-        disks: r
-            .disks
-            .iter()
-            .map(|d| wire::DiskConfig {
-                path: path(&d.path),
-                format: d.format.map(|f| match f {
-                    DiskFormat::Raw => wire::DiskFormat::Raw,
-                    DiskFormat::Qcow2 => wire::DiskFormat::Qcow2,
-                }),
-                readonly: d.read_only,
-            })
-            .collect(),
-        nets: r
-            .nets
-            .iter()
-            .map(|n| {
-                let (tap, bridge) = match &n.backend {
-                    NetBackendConfig::Tap(t) => (Some(t.clone()), None),
-                    NetBackendConfig::Bridge { bridge, tap } => (tap.clone(), Some(bridge.clone())),
-                };
-                wire::NetConfig {
-                    tap,
-                    bridge,
-                    mac: n.mac.map(|m| {
-                        m.iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":")
-                    }),
-                }
-            })
-            .collect(),
+        disks: r.disks.iter().map(wire_disk).collect(),
+        nets: r.nets.iter().map(wire_net).collect(),
         vsock: r.vsock.as_ref().map(|v| wire::VsockConfig {
             cid: v.cid,
             socket: path(&v.socket),
         }),
         rng: r.rng,
-        serial: match &r.serial {
-            SerialConfig::None => wire::SerialConfig::None,
-            SerialConfig::Stdio => wire::SerialConfig::Stdio,
-            SerialConfig::File(p) => wire::SerialConfig::File { path: path(p) },
-        },
+        serial: wire_serial(&r.serial),
     }
 }

@@ -55,6 +55,8 @@ impl VcpuCounters {
 /// also answer requests for their state (snapshots), on their own threads.
 #[derive(Default)]
 pub struct PauseGate {
+    /// Mirrors `paused`, read without the lock on every exit.
+    requested: AtomicBool,
     paused: Mutex<bool>,
     changed: Condvar,
     parked: AtomicUsize,
@@ -72,12 +74,13 @@ struct SnapshotRequest {
 impl PauseGate {
     /// Whether a pause is requested.
     pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+        self.requested.load(Ordering::SeqCst)
     }
 
     /// Requests a pause; the caller kicks the vCPUs and waits with [`PauseGate::wait_parked`].
     pub fn pause(&self) {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.requested.store(true, Ordering::SeqCst);
     }
 
     /// Waits until `n` vCPUs have parked, or `timeout` passes. True if they all did.
@@ -95,6 +98,7 @@ impl PauseGate {
     /// Lets the vCPUs go again.
     pub fn resume(&self) {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.requested.store(false, Ordering::SeqCst);
         self.changed.notify_all();
     }
 
@@ -128,6 +132,9 @@ impl PauseGate {
     /// Called by a vCPU thread: parks while paused (or until `stop` is set), answering
     /// requests for its state meanwhile.
     fn park_while_paused(&self, stop: &AtomicBool, id: u32, vcpu: &mut dyn Vcpu) {
+        if !self.requested.load(Ordering::SeqCst) {
+            return;
+        }
         let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
         if !*paused {
             return;
