@@ -184,11 +184,25 @@ fn is_root() -> bool {
 }
 
 /// What `popek run` boots when no kernel is given.
+///
+/// Debian's kernel cannot finish booting on the paravirtual `kvm_pvm` (its kernel mode is
+/// emulated by the host and some instructions fail there), so on such a host `--accel auto`
+/// boots the default guest on popek's software CPU instead, and `-v` says so.
 fn default_guest(args: &mut RunArgs) -> anyhow::Result<()> {
     let guest = ensure_default_guest().context("Cannot assemble the default guest")?;
     args.kernel = Some(guest.vmlinux);
     if args.initrd.is_none() {
         args.initrd = Some(guest.initramfs);
+    }
+    if args.accel == Accel::Auto
+        && hypervisor::kvm::HostKvmKind::detect() == hypervisor::kvm::HostKvmKind::Pvm
+    {
+        if args.verbose {
+            eprintln!(
+                "popek: this host's KVM is kvm_pvm, which cannot boot Linux: the default guest runs on the software CPU (--accel kvm to try anyway)"
+            );
+        }
+        args.accel = Accel::Emu;
     }
     Ok(())
 }
