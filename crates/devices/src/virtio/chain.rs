@@ -250,9 +250,14 @@ pub fn next_chain(
 
 /// Completes `head` with `len` bytes written, and tells whether the driver wants an interrupt.
 /// A used ring outside guest memory (the driver moved it under us) gives `Err`.
-pub fn complete(queue: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> Result<bool, ()> {
-    queue.add_used(mem, head, len).map_err(|_| ())?;
-    queue.needs_notification(mem).map_err(|_| ())
+pub fn complete(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    head: u16,
+    len: u32,
+) -> Result<bool, virtio_queue::Error> {
+    queue.add_used(mem, head, len)?;
+    queue.needs_notification(mem)
 }
 
 /// Whether the available ring has entries the device has not taken.

@@ -83,7 +83,7 @@ impl BlockWorker {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             match chain::complete(&mut self.queue, &self.mem, head, used_len) {
                 Ok(n) => notify |= n,
-                Err(()) => {
+                Err(_) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -178,7 +178,7 @@ impl BlockWorker {
                     return Err(status::IOERR);
                 }
                 if data_len_r == 0
-                    || data_len_r % ZERO_SEGMENT_LEN as u64 != 0
+                    || !data_len_r.is_multiple_of(ZERO_SEGMENT_LEN as u64)
                     || data_len_r / ZERO_SEGMENT_LEN as u64 > u64::from(MAX_ZERO_SEGMENTS)
                 {
                     return Err(status::UNSUPP);
@@ -214,7 +214,7 @@ impl BlockWorker {
     /// The byte offset of `sector`, when `len` bytes from there fit on the disk and `len` is whole
     /// sectors.
     fn check_range(&self, size: u64, sector: u64, len: u64) -> Result<u64, u8> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(status::IOERR);
         }
         let offset = sector.checked_mul(SECTOR_SIZE).ok_or(status::IOERR)?;

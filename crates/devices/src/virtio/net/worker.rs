@@ -183,7 +183,7 @@ impl NetWorker {
             }
             match chain::complete(&mut self.rx, &self.mem, head, n) {
                 Ok(b) => notify |= b,
-                Err(()) => return Deliver::Broken,
+                Err(_) => return Deliver::Broken,
             }
         }
         match len {
@@ -247,7 +247,7 @@ impl NetWorker {
             };
             match chain::complete(&mut self.tx, &self.mem, head, 0) {
                 Ok(n) => notify |= n,
-                Err(()) => break,
+                Err(_) => break,
             }
         }
         if notify {

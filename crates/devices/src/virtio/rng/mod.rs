@@ -130,7 +130,7 @@ impl VirtioWorker for RngWorker {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             match chain::complete(&mut self.queue, &self.mem, head, len) {
                 Ok(n) => notify |= n,
-                Err(()) => break,
+                Err(_) => break,
             }
         }
         if notify {

@@ -60,7 +60,7 @@ pub(super) fn send_transport_reset(event: &mut Queue, mem: &GuestMemory) -> Even
         };
         match chain::complete(event, mem, head, len) {
             Ok(n) => notify |= n,
-            Err(()) => return EventSent::Broken,
+            Err(_) => return EventSent::Broken,
         }
         if len != 0 {
             return EventSent::Sent { notify };

@@ -158,7 +158,7 @@ impl VsockWorker {
             };
             match chain::complete(&mut self.tx, &self.mem, head, 0) {
                 Ok(n) => notify |= n,
-                Err(()) => {
+                Err(_) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -233,7 +233,7 @@ impl VsockWorker {
             progressed = true;
             match chain::complete(&mut self.rx, &self.mem, head, used) {
                 Ok(n) => notify |= n,
-                Err(()) => {
+                Err(_) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     self.rx_broken = true;
                     break;
