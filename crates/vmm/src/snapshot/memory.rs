@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
@@ -120,7 +120,7 @@ pub fn map(
     let mut offset = 0u64;
     let mut regions = Vec::new();
     for &(base, len) in ranges {
-        let mapping = MmapRegionBuilder::new_with_bitmap(len, <() as NewBitmap>::with_len(len))
+        let mapping = MmapRegionBuilder::<()>::new(len)
             .with_file_offset(FileOffset::from_arc(file.clone(), offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
